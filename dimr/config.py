@@ -16,6 +16,9 @@ STAGE_FIELDS = {
     "input_feature_ratio": 1,
     "final_kernel_size": 3,
     "dropout_prob": 0.0,
+    # Not an official field: p > 1 replaces the head by a U-ViT style un-patchify head that predicts
+    # p x p pixels per token (used by the single-resolution baseline of the distortion lab).
+    "head_patch_size": 1,
 }
 # Copied into every branch by the official code; accepted when they agree with the model's.
 SHARED_FIELDS = ("num_classes", "pe_type", "norm_type")

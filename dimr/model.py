@@ -222,7 +222,7 @@ class CascadeUpsample(nn.ModuleList):
 
 
 class OutputHead(nn.ModuleList):
-    """TD-LN then a k x k convolution to the noise prediction [B, C, H, W]."""
+    """TD-LN then a k x k convolution to the noise prediction [B, C, H, W] (the official head)."""
 
     def __init__(self, dim, channels, kernel_size):
         super().__init__([TDLayerNorm(dim), ToChannelsFirst(), nn.Conv2d(dim, channels, kernel_size, padding=kernel_size // 2)])
@@ -230,6 +230,20 @@ class OutputHead(nn.ModuleList):
     def forward(self, x, c):
         norm, to_channels_first, conv = self
         return conv(to_channels_first(norm(x, c)))
+
+
+class UnpatchifyHead(nn.ModuleList):
+    """U-ViT style head for single-resolution baselines: TD-LN, linear to p x p pixels per token, k x k conv."""
+
+    def __init__(self, dim, channels, kernel_size, patch):
+        super().__init__([TDLayerNorm(dim), nn.Linear(dim, channels * patch * patch),
+                          nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)])
+        self.patch = patch
+
+    def forward(self, x, c):
+        norm, linear, conv = self
+        x = linear(norm(x, c)).permute(0, 3, 1, 2)
+        return conv(F.pixel_shuffle(x, self.patch))
 
 
 class DiMRStage(nn.Module):
@@ -251,7 +265,10 @@ class DiMRStage(nn.Module):
         block = BLOCKS[cfg["block_type"]]
         self.blocks = nn.ModuleList(block(cfg, norm_type) for _ in range(stage_num_blocks(cfg)))
         self.skip_denses = nn.ModuleList(nn.Linear(2 * cfg["dim"], cfg["dim"]) for _ in range(len(self.blocks) // 2))
-        self.output_layer = OutputHead(cfg["dim"], channels, cfg["final_kernel_size"])
+        if cfg["head_patch_size"] == 1:
+            self.output_layer = OutputHead(cfg["dim"], channels, cfg["final_kernel_size"])
+        else:
+            self.output_layer = UnpatchifyHead(cfg["dim"], channels, cfg["final_kernel_size"], cfg["head_patch_size"])
         self.gradient_checkpointing = False
 
     def _block(self, block, x, c):
@@ -315,9 +332,11 @@ class DiMRModel(ModelMixin, ConfigMixin):
             dict(channels=channels, num_classes=num_classes, stage_configs=stage_configs, norm_type=norm_type,
                  block_grad_to_lowres=block_grad_to_lowres)
         )
+        # Branch configs with defaults filled in (self.config keeps what was passed, for saving).
+        self.stage_configs = cfg["stage_configs"]
         stages = []
         lowres_dim = lowres_height = None
-        for stage_cfg in cfg["stage_configs"]:
+        for stage_cfg in self.stage_configs:
             stages.append(DiMRStage(stage_cfg, channels, num_classes, norm_type, lowres_dim, lowres_height))
             lowres_dim = stage_cfg["dim"] * (stage_num_blocks(stage_cfg) + 1)
             lowres_height = stage_cfg["max_height"]
@@ -326,7 +345,7 @@ class DiMRModel(ModelMixin, ConfigMixin):
     @property
     def sample_size(self):
         """Side of the square input the model was built for (latent or pixel)."""
-        last = self.config.stage_configs[-1]
+        last = self.stage_configs[-1]
         return last["max_height"] * last["input_feature_ratio"] * last["image_input_ratio"]
 
     @property
@@ -336,7 +355,7 @@ class DiMRModel(ModelMixin, ConfigMixin):
     @property
     def branch_scales(self):
         """Downsampling factor of each branch's prediction relative to the input, lowest resolution first."""
-        return [self.sample_size // s["max_height"] for s in self.config.stage_configs]
+        return [self.sample_size // (s["max_height"] * s["head_patch_size"]) for s in self.stage_configs]
 
     @classmethod
     def from_official(cls, config, state_dict, class_names=None):
@@ -357,6 +376,7 @@ class DiMRModel(ModelMixin, ConfigMixin):
             out, lowres = stage(sample, c, class_labels, lowres, keep_features=i + 1 < len(self.stages))
             outputs.append(out)
             if self.config.block_grad_to_lowres and lowres is not None:
+                # Official option: the lower branch learns only from its own loss.
                 lowres = lowres.detach()
         return outputs
 
