@@ -1,6 +1,9 @@
 """DiMR: multi-resolution diffusion models (NeurIPS 2024), a readable and fast reimplementation."""
 
 from .config import VARIANTS, variant_config
+from .loading import MODELS, load_pipeline
 from .model import DiMRModel
+from .pipeline import SCHEDULERS, DiMRPipeline, DiMRPipelineOutput
 
-__all__ = ["DiMRModel", "VARIANTS", "variant_config"]
+__all__ = ["DiMRModel", "DiMRPipeline", "DiMRPipelineOutput", "MODELS", "SCHEDULERS", "VARIANTS", "load_pipeline",
+           "variant_config"]

@@ -1,0 +1,186 @@
+"""Ready-to-sample pipelines by name: the bundled pixel-space models, the released ImageNet models, or a directory.
+
+    pipe = load_pipeline("tiny-dimr")                 # bundled, checkpoints/tiny-dimr/, no VAE
+    pipe = load_pipeline("DiMR-XL/2R", device="cuda", torch_dtype=torch.bfloat16)
+
+Networks and VAEs are loaded once per (model, device, dtype) and kept in memory (`clear_cache()` frees them);
+every `load_pipeline` call returns a new pipeline object around the shared modules, with its own scheduler.
+Nothing here waits on the network when it is unreachable: a model or VAE that is neither local nor cached
+fails at once with a message that says what to download and where to put it.
+"""
+
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .config import VARIANTS
+from .pipeline import DEFAULT_SCHEDULER, DiMRPipeline, make_scheduler
+from .weights import HUB_FILES, HUB_REPO, CheckpointError, converted_dir, load_pretrained
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+BUNDLED = {
+    "tiny-dimr": "small 3-branch DiMR trained on the shapes dataset (pixel space, 32x32, bundled, runs on CPU)",
+    "tiny-baseline": "single-resolution baseline of the same size trained on the shapes dataset (bundled)",
+}
+# Every known name -> a one-line description (the app's model picker).
+MODELS = {
+    **BUNDLED,
+    "DiMR-XL/2R": "released ImageNet 256x256 model, 505M parameters, FID 1.70 (downloads 2 GB + the SD VAE)",
+    "DiMR-G/2R": "released ImageNet 256x256 model, 1.06B parameters, FID 1.63 (downloads 4 GB + the SD VAE)",
+}
+VAE_REPO = "stabilityai/sd-vae-ft-ema"
+# sd-vae-ft-ema's architecture, for a VAE given as a single weights file without a config.
+SD_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu",
+    norm_num_groups=32, sample_size=256, scaling_factor=0.18215,
+)
+
+_cache = {}
+_cache_lock = threading.Lock()
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pipeline(name_or_path, device=None, torch_dtype=None, vae=None, scheduler=DEFAULT_SCHEDULER):
+    """A DiMRPipeline for a known name (see MODELS) or a directory holding config.json (+ optional `vae/`).
+
+    vae: None = the model's own (bundled models: none; latent models: `vae/` beside the weights, else
+    sd-vae-ft-ema from the Hugging Face cache or hub), or a directory / single weights file / AutoencoderKL.
+    torch_dtype applies to the network; the VAE gets it too unless it is float16 (the SD VAE overflows in
+    float16), then float32. scheduler: a sampler name from dimr.pipeline.SCHEDULERS.
+    """
+    device = torch.device(device or default_device())
+    torch_dtype = torch_dtype or torch.float32
+    scheduler = make_scheduler(scheduler)
+    key = (_model_key(name_or_path), str(device), torch_dtype)
+    with _cache_lock:
+        if key not in _cache:
+            model = _load_model(name_or_path, torch_dtype).to(device)
+            _cache[key] = model
+        model = _cache[key]
+    if vae is None and model.config.channels != 3:
+        local = _model_dir(name_or_path) / "vae" if _model_dir(name_or_path) else None
+        vae = local if local is not None and local.is_dir() else VAE_REPO
+    if vae is not None and not isinstance(vae, torch.nn.Module):
+        vae_dtype = torch.float32 if torch_dtype == torch.float16 else torch_dtype
+        vae_key = ("vae", str(vae), str(device), vae_dtype)
+        with _cache_lock:
+            if vae_key not in _cache:
+                _cache[vae_key] = load_vae(vae, vae_dtype).to(device)
+            vae = _cache[vae_key]
+    return DiMRPipeline(model=model, vae=vae, scheduler=scheduler)
+
+
+def clear_cache():
+    """Forget every loaded network and VAE (their memory is freed once no pipeline uses them)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _model_dir(name_or_path):
+    """The local directory of a bundled model or a path; None for released names (they live in the dimr cache)."""
+    if name_or_path in BUNDLED:
+        return CHECKPOINTS_DIR / name_or_path
+    if name_or_path in VARIANTS:
+        return None
+    return Path(name_or_path)
+
+
+def _model_key(name_or_path):
+    path = _model_dir(name_or_path)
+    return str(name_or_path) if path is None else str(path.resolve())
+
+
+def _load_model(name_or_path, torch_dtype):
+    if name_or_path in BUNDLED:
+        path = CHECKPOINTS_DIR / name_or_path
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"the bundled model {name_or_path!r} is missing: {path} has no config.json. "
+                                  f"Train it with `python -m dimr train` (see README) or restore checkpoints/ from git.")
+        return load_pretrained(path, torch_dtype=torch_dtype)
+    if name_or_path not in VARIANTS and not (Path(name_or_path) / "config.json").is_file():
+        raise CheckpointError(f"unknown model {name_or_path!r}: use one of {', '.join(MODELS)} or a directory "
+                              f"holding config.json and the weights (save_pretrained)")
+    if name_or_path in VARIANTS and not _released_weights_available(name_or_path) and not _hub_reachable():
+        raise CheckpointError(f"the weights of {name_or_path} are neither converted in {converted_dir(name_or_path)} "
+                              f"nor in the Hugging Face cache, and the hub ({_hub_endpoint()}) cannot be reached. "
+                              f"Download {HUB_FILES[name_or_path]} from https://huggingface.co/{HUB_REPO} and run "
+                              f"`python -m dimr convert {HUB_FILES[name_or_path]} --variant {name_or_path}`.")
+    return load_pretrained(name_or_path, torch_dtype=torch_dtype)
+
+
+def _released_weights_available(variant):
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(HUB_REPO, HUB_FILES[variant])
+    return (converted_dir(variant) / "config.json").is_file() or isinstance(cached, str)
+
+
+def load_vae(source=VAE_REPO, torch_dtype=torch.float32):
+    """An AutoencoderKL from a diffusers directory, a single weights file (diffusers or original LDM key names;
+    safetensors, or a .pt/.pth/.ckpt state dict read without unpickling objects) or a Hugging Face repo id."""
+    from diffusers import AutoencoderKL
+
+    path = Path(source)
+    if path.is_dir():
+        return AutoencoderKL.from_pretrained(path, torch_dtype=torch_dtype).eval()
+    if path.is_file():
+        return _vae_from_file(path).to(torch_dtype).eval()
+    if path.suffix in (".safetensors", ".pt", ".pth", ".ckpt", ".bin") or path.is_absolute():
+        raise FileNotFoundError(f"VAE file {path} does not exist")
+    try:
+        return AutoencoderKL.from_pretrained(str(source), torch_dtype=torch_dtype, local_files_only=True).eval()
+    except OSError:
+        pass  # not in the local cache
+    how = (f"Put a copy in the Hugging Face cache (`huggingface-cli download {source}` on a connected machine, "
+           f"then copy HF_HOME), or pass a local VAE directory or weights file.")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise CheckpointError(f"the VAE {source!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set. {how}")
+    if not _hub_reachable():
+        raise CheckpointError(f"the VAE {source!r} is not in the Hugging Face cache and the hub "
+                              f"({_hub_endpoint()}) cannot be reached. {how}")
+    try:
+        return AutoencoderKL.from_pretrained(str(source), torch_dtype=torch_dtype).eval()
+    except OSError as err:
+        raise CheckpointError(f"could not download the VAE {source!r}: {str(err).splitlines()[0]}. {how}") from err
+
+
+def _vae_from_file(path):
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    from safetensors.torch import load_file
+
+    from .weights import read_official_checkpoint
+
+    state = load_file(path) if path.suffix == ".safetensors" else read_official_checkpoint(path)
+    config_file = path.with_name("config.json")
+    config = AutoencoderKL.load_config(config_file) if config_file.is_file() else SD_VAE_CONFIG
+    vae = AutoencoderKL.from_config(config)
+    if not any(k.startswith("encoder.down_blocks.") for k in state):
+        state = convert_ldm_vae_checkpoint(state, dict(vae.config))  # original LDM names (U-ViT's autoencoder file)
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path} is not a VAE of this architecture: {len(missing)} missing keys "
+                              f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    return vae
+
+
+def _hub_endpoint():
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _hub_reachable(timeout=5.0):
+    """A quick TCP connect, so that an unreachable hub fails in seconds instead of after minutes of retries."""
+    url = urlparse(_hub_endpoint())
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,87 @@
+"""`python -m dimr sample`: generate images, and optionally every branch's clean estimate over the steps, to PNG.
+
+    python -m dimr sample --model DiMR-XL/2R --class 207 --class "tabby cat" --steps 50 --guidance 1.4 \\
+        --seed 0 --out grid.png --branches branches.png
+
+grid.png: the samples side by side. branches.png: for each sample, one row per branch (lowest resolution first,
+then the full-resolution branch), one column per decoded step (from noisy to clean).
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .loading import MODELS, load_pipeline
+from .pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def add_cli_arguments(parser):
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--model", default="tiny-dimr",
+                        help=f"one of {', '.join(MODELS)}, or a directory with config.json (default: tiny-dimr)")
+    parser.add_argument("--class", dest="classes", action="append", required=True, metavar="LABEL",
+                        help="class id, name or synonym; repeat for several images")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--guidance", type=float, default=1.4, help="guidance scale s; 1 = off (default 1.4)")
+    parser.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default="constant")
+    parser.add_argument("--guidance-power", type=float, default=1.0, help="p of the power-cosine schedule")
+    parser.add_argument("--sampler", choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG with the samples in a row")
+    parser.add_argument("--branches", type=Path, help="also write every branch's clean estimate over time here")
+    parser.add_argument("--branch-steps", type=int, default=8,
+                        help="how many evenly spaced steps to show in --branches (default 8)")
+    parser.add_argument("--vae", help="local VAE directory or weights file (latent models; default sd-vae-ft-ema)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                        help="network precision; bfloat16 only on a GPU")
+
+
+def cli_main(args):
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.dtype == "bfloat16" and device.type == "cpu":
+        raise ValueError("--dtype bfloat16 is for GPUs; on a CPU it is far slower than float32")
+    if args.branch_steps < 1:
+        raise ValueError(f"--branch-steps must be at least 1, got {args.branch_steps}")
+    pipe = load_pipeline(args.model, device=device, torch_dtype=DTYPES[args.dtype], vae=args.vae,
+                         scheduler=args.sampler)
+    # Validate before the slow part, so a typo in a class name fails at once.
+    ids = pipe.check_inputs(args.classes, args.guidance, args.guidance_schedule, args.guidance_power, args.steps)
+    out = pipe(ids, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
+               guidance_power=args.guidance_power, num_inference_steps=args.steps,
+               generator=torch.Generator(device).manual_seed(args.seed), output_type="np",
+               return_branches=args.branches is not None, branch_steps=[])
+    save_png(grid([out.images]), args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{i} ({pipe.labels.name(i)})" for i in ids))
+    if args.branches is not None:
+        trace = out.branches
+        count = min(args.branch_steps, len(trace.timesteps))
+        steps = np.linspace(0, len(trace.timesteps) - 1, count).round().astype(int).tolist()
+        images = pipe.decode_branch_trace(trace, steps, output_type="np")  # images[step][branch] -> [B, H, W, 3]
+        rows = [[images[j][l][b] for j in range(len(steps))] for b in range(len(ids)) for l in range(len(trace.scales))]
+        save_png(grid(rows), args.branches)
+        print(f"wrote {args.branches}: per sample, rows = branches at 1/{', 1/'.join(map(str, trace.scales))} "
+              f"resolution, columns = steps {steps} (timesteps {[trace.timesteps[s] for s in steps]})")
+    return 0
+
+
+def grid(rows, pad=2):
+    """Rows of [H, W, 3] float images in 0..1 -> one uint8 image with `pad` white pixels between them."""
+    h, w = rows[0][0].shape[:2]
+    cols = max(len(r) for r in rows)
+    canvas = np.ones((len(rows) * (h + pad) - pad, cols * (w + pad) - pad, 3), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            canvas[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = image
+    return (canvas * 255).round().astype(np.uint8)
+
+
+def save_png(array, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
