@@ -1,0 +1,219 @@
+"""The DiMR demo: pick a model, classes, guidance and steps; see the samples and what every resolution branch predicts.
+
+UI only: requests are checked and sampled by `dimr.demo`. `python app.py` serves on 127.0.0.1:7860
+(GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change that); DIMR_MODEL and DIMR_DEVICE choose the default model and
+the device. The main action is also the API endpoint `/generate` (gradio_client), with the same checks.
+"""
+
+import random
+
+import gradio as gr
+
+from dimr import demo
+from dimr.loading import MODELS
+from dimr.pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS
+
+try:
+    import spaces  # Hugging Face ZeroGPU attaches a GPU only while a function wrapped in spaces.GPU runs
+except ImportError:
+    spaces = None
+
+
+def on_gpu(fn):
+    return spaces.GPU(duration=120)(fn) if spaces is not None else fn
+
+
+INTRO = """
+# DiMR: every resolution branch, step by step
+[DiMR](https://arxiv.org/abs/2406.09416) (NeurIPS 2024) denoises with a cascade of branches: a transformer on a
+coarse grid lays out the structure, convolutional branches at higher resolutions add detail. Pick a model and
+classes, generate, and watch what each branch predicts at every step. The bundled tiny models were trained on a
+shapes dataset and run on a CPU; the released ImageNet models download on first use.
+"""
+PANEL_HELP = """
+**Branch panel.** For each image, one row: the clean image each branch predicts after the chosen step (lowest
+resolution first, enlarged without smoothing so you see its grid), then the final output. Early on, only the coarse
+branch has a sensible layout; the higher branches refine its edges and texture. Move the slider to go back in time;
+the model does not run again.
+"""
+COMPARE_HELP = """
+The bundled tiny DiMR and a single-resolution baseline of the same size (one transformer on 4x4 patches with an
+un-patchify head), trained the same way, sampled from the **same noise** (seed), classes and settings. Look at edges,
+thin rings and stripes: the baseline tends to break them at patch borders.
+"""
+CSS = """
+.pixelated img { image-rendering: pixelated; }
+#generate-button, #compare-button { min-height: 3em; }
+footer { display: none !important; }
+"""
+THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"])
+APP_LIMITS = f"at most {demo.MAX_IMAGES} images and {demo.MAX_STEPS} steps per request"
+
+
+def checked(fn, *args, **kwargs):
+    """Call fn; a bad request or an unavailable model becomes a gr.Error with the clear message it carries."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: files, downloads
+        raise gr.Error(str(err), title="Cannot generate") from None
+
+
+def sample(request, progress):
+    """Yield ('preview', captioned images) while sampling, then ('done', Generation)."""
+    progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
+    updates = checked(demo.stream, request)
+    while True:
+        update = checked(next, updates, None)
+        if update is None:
+            return
+        if isinstance(update, demo.Progress):
+            progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
+            yield "preview", [(demo.enlarge(image), f"{caption} · step {update.step}/{update.total}")
+                              for image, caption in zip(update.preview, request.captions)]
+        else:
+            yield "done", update
+
+
+@on_gpu
+def generate(model, classes, images_per_class, guidance_scale, guidance_schedule, guidance_power,
+             num_inference_steps, seed, sampler, progress=gr.Progress(track_tqdm=True)):
+    """Sample images_per_class images of each class. Returns the samples, the branch panel after the last step
+    (per image: each branch's clean-image estimate, lowest resolution first, then the final image), the step
+    shown in the panel, and a status line."""
+    request = checked(demo.Request.check, model, classes, images_per_class, guidance_scale, guidance_schedule,
+                      guidance_power, num_inference_steps, seed, sampler)
+    steps = request.num_inference_steps
+    # Layout first (so that the final values below are plain lists and numbers for API callers).
+    yield (gr.skip(), gr.Gallery(columns=len(demo.model_branches(request.model)) + 1),
+           gr.Slider(maximum=steps, value=steps, interactive=steps > 1), f"Sampling with {request.model}…", gr.skip())
+    for kind, value in sample(request, progress):
+        if kind == "preview":
+            yield value, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        else:
+            yield value.gallery(), value.branch_panel(), steps, demo.describe(value), value
+
+
+def show_step(generation, step):
+    """The branch panel after another step of the last generation (from what it kept; nothing is re-run)."""
+    if generation is None:
+        raise gr.Error("Generate images first; the panel then shows any step of that run.")
+    shown = generation.panel_step(step)
+    note = "" if shown == step else f" (nearest step with branch images: {shown})"
+    return (gr.Gallery(value=generation.branch_panel(shown), columns=generation.columns),
+            f"Branch panel after step {shown} of {generation.request.num_inference_steps}{note}.")
+
+
+@on_gpu
+def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidance_power, num_inference_steps, seed,
+            sampler, progress=gr.Progress(track_tqdm=True)):
+    """Sample the tiny DiMR and the single-resolution baseline with the same classes, noise and settings."""
+    requests = [checked(demo.Request.check, name, classes, images_per_class, guidance_scale, guidance_schedule,
+                        guidance_power, num_inference_steps, seed, sampler)
+                for name in (demo.TINY_DIMR, demo.TINY_BASELINE)]
+    galleries, lines = [gr.skip(), gr.skip()], []
+    for k, request in enumerate(requests):
+        for kind, value in sample(request, progress):
+            if kind == "preview":
+                galleries[k] = value
+            else:
+                galleries[k] = value.gallery()
+                lines.append(demo.describe(value))
+            yield *galleries, "  \n".join(lines) or f"Sampling {request.model}…"
+
+
+def on_model_change(model):
+    labels = checked(demo.model_labels, model)
+    return (gr.Dropdown(choices=demo.class_choices(model), value=demo.default_classes(model),
+                        label=f"Classes ({len(labels)}; type to search names and synonyms)"),
+            model_note(model))
+
+
+def model_note(model):
+    return f"{MODELS.get(model, 'a converted model directory')}. Device: {demo.device()}; {APP_LIMITS}."
+
+
+def pick_random_classes(model, classes):
+    count = len(classes) if isinstance(classes, list) and classes else 4
+    return checked(demo.random_classes, model, count, random.Random())
+
+
+def build():
+    model = demo.default_model()
+    shapes_model = demo.TINY_DIMR
+    with gr.Blocks(title="DiMR demo", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
+        gr.Markdown(INTRO)
+        generation = gr.State(time_to_live=3600)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                model_box = gr.Dropdown(demo.model_choices(), value=model, label="Model")
+                model_info = gr.Markdown(model_note(model))
+                class_box = gr.Dropdown(demo.class_choices(model), value=demo.default_classes(model),
+                                        multiselect=True, allow_custom_value=True, elem_id="classes",
+                                        label=f"Classes ({len(demo.model_labels(model))}; type to search names "
+                                              "and synonyms)")
+                random_button = gr.Button("🎲 Random classes", size="sm")
+                per_class = gr.Slider(1, demo.MAX_IMAGES, value=1, step=1, label="Images per class")
+                with gr.Row():
+                    guidance_scale = gr.Slider(0, 10, value=1.4, step=0.1, label="Guidance scale",
+                                               info="1 = no guidance; the paper's default is 1.4")
+                    steps = gr.Slider(1, demo.MAX_STEPS, value=25, step=1, label="Steps")
+                with gr.Row():
+                    schedule = gr.Radio(list(GUIDANCE_SCHEDULES), value="constant", label="Guidance schedule",
+                                        info="power-cosine: from 1 at pure noise up to the scale at the end")
+                    power = gr.Slider(0.1, 4, value=1.0, step=0.1, label="Power (power-cosine)")
+                sampler = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SCHEDULER, label="Sampler")
+                with gr.Row():
+                    seed = gr.Number(0, precision=0, minimum=0, maximum=demo.MAX_SEED, label="Seed", scale=3)
+                    dice = gr.Button("🎲 Random seed", size="sm", scale=1)
+                generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            with gr.Column(scale=3):
+                with gr.Tabs():
+                    with gr.Tab("Generate"):
+                        status = gr.Markdown("Pick classes and press **Generate**.", label="status", elem_id="status")
+                        gallery = gr.Gallery(label="Samples", columns=4, height="auto", format="png",
+                                             object_fit="contain", elem_id="gallery", elem_classes="pixelated",
+                                             buttons=["download", "fullscreen"])
+                        gr.Markdown(PANEL_HELP)
+                        step_slider = gr.Slider(1, 25, value=25, step=1, interactive=False, elem_id="panel-step",
+                                                label="Branch panel: after step")
+                        panel_note = gr.Markdown("", elem_id="panel-note")
+                        panel = gr.Gallery(label="What each branch predicts", columns=4, height="auto", format="png",
+                                           object_fit="contain", elem_id="branch-panel", elem_classes="pixelated",
+                                           buttons=["download", "fullscreen"])
+                    with gr.Tab("Compare with the baseline", elem_id="compare-tab"):
+                        gr.Markdown(COMPARE_HELP)
+                        compare_classes = gr.Dropdown(demo.class_choices(shapes_model),
+                                                      value=demo.default_classes(shapes_model), multiselect=True,
+                                                      label="Classes (shapes)")
+                        compare_button = gr.Button("Compare (same seed, classes and settings)", variant="primary",
+                                                   elem_id="compare-button")
+                        compare_status = gr.Markdown("", label="status")
+                        with gr.Row():
+                            dimr_gallery = gr.Gallery(label="tiny DiMR (3 branches)", columns=2, height="auto",
+                                                      format="png", elem_classes="pixelated", elem_id="compare-dimr")
+                            baseline_gallery = gr.Gallery(label="single-resolution baseline", columns=2,
+                                                          height="auto", format="png", elem_classes="pixelated",
+                                                          elem_id="compare-baseline")
+
+        settings = [per_class, guidance_scale, schedule, power, steps, seed, sampler]
+        # preprocess=False: the handlers get the raw values, so API callers see the pipeline's own messages
+        # (which value, what is allowed) instead of a generic component error.
+        generate_button.click(generate, [model_box, class_box, *settings],
+                              [gallery, panel, step_slider, status, generation], api_name="generate",
+                              preprocess=False, concurrency_id="device", concurrency_limit=1)
+        compare_button.click(compare, [compare_classes, *settings], [dimr_gallery, baseline_gallery, compare_status],
+                             api_name="compare", preprocess=False, concurrency_id="device", concurrency_limit=1)
+        step_slider.input(show_step, [generation, step_slider], [panel, panel_note], api_visibility="private",
+                          trigger_mode="always_last", concurrency_limit=4)
+        model_box.change(on_model_change, model_box, [class_box, model_info], api_visibility="private")
+        random_button.click(pick_random_classes, [model_box, class_box], class_box, api_visibility="private")
+        dice.click(lambda: random.randint(0, demo.MAX_SEED), None, seed, api_visibility="private")
+    return blocks
+
+
+app = build()
+
+if __name__ == "__main__":
+    if spaces is not None:
+        demo.load(demo.default_model())  # ZeroGPU: weights are placed on the GPU at start-up, outside requests
+    app.queue(max_size=64).launch(theme=THEME, css=CSS, show_error=True)

@@ -1,0 +1,317 @@
+"""What the Gradio demo (app.py) runs, without any UI code: which models it offers, the checks on a request,
+and one sampling run that keeps every branch's clean-image estimate at every step for the branch panel.
+
+    request = Request.check(model="tiny-dimr", classes=["ring", 3], images_per_class=2, num_inference_steps=25, seed=0)
+    for update in stream(request):            # Progress(step, total, preview) while sampling, then a Generation
+        ...
+    generation.gallery()                      # [(PIL image, caption)], small images enlarged for display
+    generation.branch_panel(step=10)          # per image: every branch's estimate after step 10, then the final image
+
+Validation of labels, guidance and steps is the pipeline's (`DiMRPipeline.check_inputs`); this module adds only
+the demo's own limits (how many images and steps one request may ask for) and the model list.
+"""
+
+import functools
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import VARIANTS, variant_config
+from .labels import labels_for_model
+from .loading import CHECKPOINTS_DIR, MODELS, default_device, load_pipeline
+from .model import DiMRModel
+from .pipeline import DEFAULT_SCHEDULER, check_guidance, check_num_inference_steps, make_scheduler
+
+TINY_DIMR, TINY_BASELINE = "tiny-dimr", "tiny-baseline"
+# One request holds the device for its whole run: these bound its time and the memory its branch panel keeps.
+MAX_IMAGES = 16
+MAX_STEPS = 250  # the official evaluation's 250 model evaluations
+# Latent models pay a VAE decode per branch and step for the panel; pixel-space models keep every step.
+MAX_PANEL_STEPS_LATENT = 20
+PANEL_SIZE_LATENT = 128
+DISPLAY_SIZE = 256  # smaller images are enlarged (nearest neighbour, so pixels stay visible) to about this
+MAX_SEED = 2**32 - 1
+PREVIEW_INTERVAL_S = 0.4
+
+
+def default_model():
+    """DIMR_MODEL (a name from MODELS or a directory with config.json), else the bundled tiny DiMR."""
+    return os.environ.get("DIMR_MODEL") or TINY_DIMR
+
+
+def device():
+    """DIMR_DEVICE (e.g. cpu, cuda, cuda:1), else a GPU when there is one."""
+    return torch.device(os.environ.get("DIMR_DEVICE") or default_device())
+
+
+def model_choices():
+    """(label, name) pairs for the model picker: the known models, plus DIMR_MODEL when it is a directory."""
+    choices = [(f"{name}: {description}", name) for name, description in MODELS.items()]
+    if default_model() not in MODELS:
+        choices.insert(0, (f"{default_model()} (DIMR_MODEL)", default_model()))
+    return choices
+
+
+def check_model(name):
+    allowed = [value for _, value in model_choices()]
+    if name not in allowed:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(allowed)}")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _model_outline(name):
+    """A model object on the meta device: its config, labels and branches without loading (or downloading) weights."""
+    check_model(name)
+    if name in VARIANTS:
+        config = variant_config(name)
+    else:
+        config = DiMRModel.load_config(CHECKPOINTS_DIR / name if name in MODELS else name)
+    with torch.device("meta"):
+        return DiMRModel.from_config(config)
+
+
+def model_labels(name):
+    """The class labels of a model (ImageNet, or the names in its config)."""
+    return labels_for_model(_model_outline(name))
+
+
+def model_branches(name):
+    """'8x8 branch', ... per branch, lowest resolution first."""
+    return branch_names(_model_outline(name))
+
+
+def class_choices(name):
+    """(label, id) pairs for a class picker; the label lists the synonyms so that typing any of them finds it."""
+    labels = model_labels(name)
+    return [(f"{', '.join(names)} ({i})", i) for i, names in enumerate(labels.names)]
+
+
+def default_classes(name):
+    """A few classes that show the model well: ImageNet favourites, or the first shapes."""
+    labels = model_labels(name)
+    if len(labels) == 1000:
+        return [207, 88, 279, 980]  # golden retriever, macaw, arctic fox, volcano
+    return list(range(min(4, len(labels))))
+
+
+def random_classes(name, count, rng):
+    labels = model_labels(name)
+    return sorted(rng.sample(range(len(labels)), min(max(count, 1), len(labels))))
+
+
+def _check_int(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is out of range: use {low}..{high}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation: a checked, normalised set of the demo's controls."""
+
+    model: str
+    class_ids: tuple
+    images_per_class: int = 1
+    guidance_scale: float = 1.4
+    guidance_schedule: str = "constant"
+    guidance_power: float = 1.0
+    num_inference_steps: int = 25
+    seed: int = 0
+    sampler: str = DEFAULT_SCHEDULER
+
+    @classmethod
+    def check(cls, model, classes, images_per_class=1, guidance_scale=1.4, guidance_schedule="constant",
+              guidance_power=1.0, num_inference_steps=25, seed=0, sampler=DEFAULT_SCHEDULER):
+        """Validate everything before any model is loaded; ValueError says which value is wrong and what is allowed."""
+        labels = model_labels(check_model(model))
+        if isinstance(classes, (str, int)) and not isinstance(classes, bool):
+            classes = [classes]
+        if not isinstance(classes, (list, tuple)):
+            raise ValueError(f"classes must be a list of class names or ids, got {type(classes).__name__} {classes!r}")
+        if not classes:
+            raise ValueError("no class chosen: pick at least one class (a name, synonym or id)")
+        class_ids = tuple(labels.to_id(label) for label in classes)
+        images_per_class = _check_int("images_per_class", images_per_class, 1, MAX_IMAGES)
+        if len(class_ids) * images_per_class > MAX_IMAGES:
+            raise ValueError(f"{len(class_ids)} classes x {images_per_class} images per class = "
+                             f"{len(class_ids) * images_per_class} images; the demo makes at most {MAX_IMAGES} "
+                             f"per request")
+        check_guidance(guidance_scale, guidance_schedule, guidance_power)
+        check_num_inference_steps(num_inference_steps)
+        if num_inference_steps > MAX_STEPS:
+            raise ValueError(f"num_inference_steps={num_inference_steps} is more than the demo allows: use 1..{MAX_STEPS}")
+        seed = _check_int("seed", seed, 0, MAX_SEED)
+        make_scheduler(sampler)  # raises for an unknown sampler name
+        return cls(model, class_ids, images_per_class, float(guidance_scale), guidance_schedule,
+                   float(guidance_power), int(num_inference_steps), seed, sampler)
+
+    @property
+    def labels(self):
+        """One class id per image: each class repeated images_per_class times."""
+        return [c for c in self.class_ids for _ in range(self.images_per_class)]
+
+    @property
+    def captions(self):
+        """One caption (the class name) per image."""
+        labels = model_labels(self.model)
+        return [labels.name(c) for c in self.labels]
+
+
+def _to_uint8(images):
+    return (np.asarray(images) * 255).round().astype(np.uint8)
+
+
+def enlarge(image):
+    """An [H, W, 3] uint8 image as a PIL image, enlarged by a whole factor to about DISPLAY_SIZE."""
+    pil = Image.fromarray(image)
+    factor = max(1, DISPLAY_SIZE // max(pil.size))
+    return pil.resize((pil.width * factor, pil.height * factor), Image.NEAREST) if factor > 1 else pil
+
+
+@dataclass
+class Progress:
+    """Sampling is at `step` of `total`; `preview`: the full-resolution clean estimate so far, [B, H, W, 3] uint8."""
+
+    step: int
+    total: int
+    preview: np.ndarray
+
+
+@dataclass
+class Generation:
+    """A finished run: the final images and, for the panel steps, every branch's clean-image estimate."""
+
+    request: Request
+    captions: list  # one per image
+    images: np.ndarray  # [B, H, W, 3] uint8
+    branch_names: list  # per branch, lowest resolution first
+    panel_steps: list  # 1-based step numbers that have branch estimates, ascending; always ends with the last
+    branch_images: np.ndarray  # [len(panel_steps), L, B, h, w, 3] uint8, upsampled (nearest) from each branch
+    seconds: float
+
+    def gallery(self):
+        return [(enlarge(image), caption) for image, caption in zip(self.images, self.captions)]
+
+    def panel_step(self, step):
+        """The panel step nearest to a requested 1-based step."""
+        return min(self.panel_steps, key=lambda s: (abs(s - step), s))
+
+    def branch_panel(self, step=None):
+        """Per image, one row: each branch's estimate after `step` (default: the last), then the final image."""
+        index = self.panel_steps.index(self.panel_step(self.request.num_inference_steps if step is None else step))
+        row_items = []
+        for b, caption in enumerate(self.captions):
+            for l, branch in enumerate(self.branch_names):
+                row_items.append((enlarge(self.branch_images[index, l, b]), f"{caption} · {branch}"))
+            row_items.append((enlarge(self.images[b]), f"{caption} · final output"))
+        return row_items
+
+    @property
+    def columns(self):
+        return len(self.branch_names) + 1
+
+
+def branch_names(model):
+    """'8x8 branch', ... from each branch's downsampling factor (latent models: the latent grid, noted)."""
+    size = model.sample_size
+    unit = "" if model.config.channels == 3 else " latent"
+    return [f"{size // scale}x{size // scale}{unit} branch" for scale in model.branch_scales]
+
+
+def panel_steps(pipe, steps):
+    """0-based step indices the panel decodes: all for pixel-space models, evenly spaced ones for latent models."""
+    if pipe.is_pixel_space or steps <= MAX_PANEL_STEPS_LATENT:
+        return list(range(steps))
+    return sorted(set(np.linspace(steps - 1, 0, MAX_PANEL_STEPS_LATENT).round().astype(int).tolist()))
+
+
+def load(model_name, sampler=DEFAULT_SCHEDULER):
+    """The pipeline for a model on the demo's device (networks are loaded once and kept by dimr.loading)."""
+    return load_pipeline(model_name, device=device(), scheduler=sampler)
+
+
+def stream(request, stop=None):
+    """Sample a request: yields Progress about every PREVIEW_INTERVAL_S, then the Generation.
+
+    The pipeline runs in a worker thread so that previews can be yielded while it samples. Setting the
+    `stop` event (or closing this generator, as Gradio does when the browser goes away) ends sampling after
+    the current step."""
+    pipe = load(request.model, request.sampler)
+    pipe.set_progress_bar_config(disable=True)
+    dev = pipe.device
+    stop = stop or threading.Event()
+    finished = threading.Event()
+    latest, result = {}, {}
+
+    def on_step(pipeline, i, t, tensors):
+        latest["step"] = (i, tensors["branch_x0_pred"][-1])
+        if stop.is_set():
+            pipeline._interrupt = True
+        return {}
+
+    def run():
+        try:
+            # bf16 autocast on GPUs (fp32 weights); the pipeline decodes with the VAE outside autocast.
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                start = time.perf_counter()
+                out = pipe(request.labels, guidance_scale=request.guidance_scale,
+                           guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
+                           num_inference_steps=request.num_inference_steps, generator=torch.Generator(dev).manual_seed(request.seed),
+                           output_type="np", return_branches=True, branch_steps=panel_steps(pipe, request.num_inference_steps),
+                           callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["branch_x0_pred"])
+                result["out"], result["seconds"] = out, time.perf_counter() - start
+        except BaseException as err:  # re-raised in the caller's thread
+            result["error"] = err
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=run, name="dimr-sampling", daemon=True)
+    worker.start()
+    try:
+        while not finished.wait(PREVIEW_INTERVAL_S):
+            item = latest.pop("step", None)
+            if item is not None:
+                yield Progress(item[0] + 1, request.num_inference_steps, _to_uint8(pipe.decode(item[1], "np")))
+    finally:
+        stop.set()
+        worker.join()
+    if "error" in result:
+        raise result["error"]
+    if len(result["out"].branches.timesteps) < request.num_inference_steps:
+        raise RuntimeError("sampling was stopped before the last step")
+    yield _generation(pipe, request, result["out"], result["seconds"])
+
+
+def _generation(pipe, request, out, seconds):
+    trace = out.branches
+    per_step = np.stack([np.stack([_to_uint8(branch) for branch in step]) for step in trace.images])
+    if not pipe.is_pixel_space:
+        per_step = _resize(per_step, PANEL_SIZE_LATENT)
+    return Generation(request=request, captions=request.captions, images=_to_uint8(out.images),
+                      branch_names=model_branches(request.model), panel_steps=[s + 1 for s in trace.image_steps],
+                      branch_images=per_step, seconds=seconds)
+
+
+def _resize(images, size):
+    """[..., H, W, 3] uint8 -> [..., size, size, 3] (area filter), to keep the panel of a latent model small."""
+    lead, (h, w, c) = images.shape[:-3], images.shape[-3:]
+    flat = images.reshape(-1, h, w, c)
+    resized = [np.asarray(Image.fromarray(im).resize((size, size), Image.BOX)) for im in flat]
+    return np.stack(resized).reshape(*lead, size, size, c)
+
+
+def describe(generation):
+    """One line for the status box."""
+    r = generation.request
+    guidance = f"guidance {r.guidance_scale:g} ({r.guidance_schedule}" + (
+        f", power {r.guidance_power:g})" if r.guidance_schedule == "power-cosine" else ")")
+    return (f"{r.model}: {len(generation.captions)} images, {r.num_inference_steps} steps of {r.sampler}, {guidance}, "
+            f"seed {r.seed}, {generation.seconds:.1f} s on {device()}")
