@@ -110,7 +110,7 @@ def _load_model(name_or_path, torch_dtype):
                               f"holding config.json and the weights (save_pretrained)")
     if name_or_path in VARIANTS and not _released_weights_available(name_or_path) and not _hub_reachable():
         raise CheckpointError(f"the weights of {name_or_path} are neither converted in {converted_dir(name_or_path)} "
-                              f"nor in the Hugging Face cache, and the hub ({_hub_endpoint()}) cannot be reached. "
+                              f"nor in the Hugging Face cache, and the hub ({_hub_endpoint()}) cannot be reached (or HF_HUB_OFFLINE is set). "
                               f"Download {HUB_FILES[name_or_path]} from https://huggingface.co/{HUB_REPO} and run "
                               f"`python -m dimr convert {HUB_FILES[name_or_path]} --variant {name_or_path}`.")
     return load_pretrained(name_or_path, torch_dtype=torch_dtype)
@@ -141,11 +141,9 @@ def load_vae(source=VAE_REPO, torch_dtype=torch.float32):
         pass  # not in the local cache
     how = (f"Put a copy in the Hugging Face cache (`huggingface-cli download {source}` on a connected machine, "
            f"then copy HF_HOME), or pass a local VAE directory or weights file.")
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise CheckpointError(f"the VAE {source!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set. {how}")
     if not _hub_reachable():
         raise CheckpointError(f"the VAE {source!r} is not in the Hugging Face cache and the hub "
-                              f"({_hub_endpoint()}) cannot be reached. {how}")
+                              f"({_hub_endpoint()}) cannot be reached (or HF_HUB_OFFLINE is set). {how}")
     try:
         return AutoencoderKL.from_pretrained(str(source), torch_dtype=torch_dtype).eval()
     except OSError as err:
@@ -177,7 +175,10 @@ def _hub_endpoint():
 
 
 def _hub_reachable(timeout=5.0):
-    """A quick TCP connect, so that an unreachable hub fails in seconds instead of after minutes of retries."""
+    """False under HF_HUB_OFFLINE; else a quick TCP connect, so that an unreachable hub fails in seconds instead
+    of after huggingface_hub's retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
     url = urlparse(_hub_endpoint())
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()

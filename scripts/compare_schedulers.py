@@ -1,0 +1,103 @@
+"""How close each diffusers sampler gets to the official 250-step DPM-Solver result, at 20 and 50 steps.
+
+Uses the golden models and noise of tests/fixtures/golden (small random latent models run through the official
+code). For each sampler / timestep spacing, both guidance forms the official code offers (constant s = 1.4 and
+power-cosine s = 3, p = 1), and both golden models, it samples with DiMRPipeline exactly as a user would and
+prints the relative L2 error ||ours - official|| / ||official|| (the worse of the two models).
+
+    python scripts/compare_schedulers.py            # the full table (a few minutes on one CPU core)
+    python scripts/compare_schedulers.py --only dpm++2m
+"""
+
+import argparse
+import inspect
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from dimr import DiMRModel
+from dimr.pipeline import SCHEDULERS, DiMRPipeline, make_scheduler
+
+GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden"
+GUIDANCE = {  # golden key -> pipeline guidance settings
+    "steps250_cfg0.4": dict(guidance_scale=1.4, guidance_schedule="constant"),
+    "steps250_cfg3.0_powcos1.0": dict(guidance_scale=3.0, guidance_schedule="power-cosine", guidance_power=1.0),
+}
+# (sampler name, scheduler overrides) pairs to try.
+CANDIDATES = [
+    (name, dict(timestep_spacing=spacing))
+    for name in ("dpm++2m", "dpm++3m", "dpm-solver-3s", "unipc", "deis", "ddim", "euler", "heun")
+    for spacing in ("linspace", "trailing", "leading")
+] + [
+    ("dpm-solver-3s", dict()),  # closest to the official solver (singlestep, order 3); fixed spacing
+    ("dpm-solver-3s", dict(final_sigmas_type="sigma_min")),
+    ("dpm++2m", dict(timestep_spacing="linspace", final_sigmas_type="sigma_min")),
+    ("dpm++3m", dict(timestep_spacing="linspace", final_sigmas_type="sigma_min")),
+    ("unipc", dict(timestep_spacing="linspace", final_sigmas_type="sigma_min")),
+    ("dpm++2m", dict(timestep_spacing="linspace", euler_at_final=True)),
+]
+
+
+def supported(sampler, overrides):
+    """Whether the sampler's scheduler class has every setting (DPMSolverSinglestep has no timestep_spacing)."""
+    return set(overrides) <= set(inspect.signature(SCHEDULERS[sampler][0].__init__).parameters)
+
+
+def golden_models():
+    for name in ("two_branch", "three_branch"):
+        meta = json.loads((GOLDEN / f"{name}.json").read_text())
+        tensors = load_file(GOLDEN / f"{name}.safetensors")
+        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        yield name, DiMRModel.from_official(meta["model_config"], state), tensors
+
+
+def relative_errors(models, sampler, overrides, steps):
+    """{golden key: worst relative L2 over the golden models}."""
+    worst = {}
+    for _, model, tensors in models:
+        pipe = DiMRPipeline(model, None, make_scheduler(sampler, **overrides))
+        pipe.set_progress_bar_config(disable=True)
+        for key, guidance in GUIDANCE.items():
+            ref = tensors[f"out.sample.{key}"]
+            ours = pipe(class_labels=tensors[f"in.sample.{key}.y"], num_inference_steps=steps,
+                        latents=tensors[f"in.sample.{key}.noise"], output_type="latent", **guidance).images
+            error = ((ours - ref).norm() / ref.norm()).item()
+            worst[key] = max(worst.get(key, 0.0), error)
+    return worst
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="just this sampler name")
+    parser.add_argument("--steps", type=int, nargs="+", default=[20, 50])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    models = list(golden_models())
+    rows = []
+    header = "| sampler | settings | " + " | ".join(
+        f"{s} steps, {'constant 1.4' if 'powcos' not in k else 'power-cosine 3'}" for s in args.steps for k in GUIDANCE
+    ) + " |"
+    print(header)
+    print("|" + "---|" * (2 + len(args.steps) * len(GUIDANCE)))
+    for sampler, overrides in CANDIDATES:
+        if args.only and sampler != args.only or not supported(sampler, overrides):
+            continue
+        start = time.time()
+        errors = {steps: relative_errors(models, sampler, overrides, steps) for steps in args.steps}
+        cells = [f"{100 * errors[s][k]:.3f}%" for s in args.steps for k in GUIDANCE]
+        settings = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        print(f"| {sampler} | {settings} | " + " | ".join(cells) + f" |  <!-- {time.time() - start:.0f}s -->",
+              flush=True)
+        rows.append(dict(sampler=sampler, settings=overrides,
+                         errors={str(s): errors[s] for s in args.steps}))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""DiMRPipeline: official-quality sampling, guidance, determinism, per-branch traces, and clear input errors."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from PIL import Image
+
+from conftest import Golden
+from dimr import DiMRModel, DiMRPipeline
+from dimr.config import normalize_official_config
+from dimr.pipeline import SCHEDULERS, branch_x0, guidance_weights, make_scheduler
+
+GUIDANCE_FORMS = {  # golden sample key -> how a user asks for the same guidance
+    "steps250_cfg0.4": dict(guidance_scale=1.4, guidance_schedule="constant"),
+    "steps250_cfg3.0_powcos1.0": dict(guidance_scale=3.0, guidance_schedule="power-cosine", guidance_power=1.0),
+}
+
+
+def quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_pixel_model(class_names=("circle", "square", ["triangle", "tri"])):
+    """A randomly initialised 3-branch pixel-space model (16x16 RGB) with named classes."""
+    config = copy.deepcopy(Golden("three_branch").config)
+    config["channels"] = 3
+    config["num_classes"] = len(class_names) + 1
+    for stage in config["stage_configs"]:
+        stage["num_classes"] = config["num_classes"]
+    torch.manual_seed(0)
+    return DiMRModel(**normalize_official_config(config), class_names=list(class_names)).eval()
+
+
+def tiny_vae():
+    """A randomly initialised AutoencoderKL with 4 latent channels that decodes 16x16 latents to 32x32 images."""
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4,
+                         latent_channels=4, sample_size=32).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one thread is fastest, and avoids thrashing when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def two_branch():
+    return Golden("two_branch")
+
+
+@pytest.fixture
+def latent_pipe(two_branch):
+    return quiet(DiMRPipeline(two_branch.model(), vae=None))
+
+
+def relative_l2(ours, reference):
+    return ((ours - reference).norm() / reference.norm()).item()
+
+
+@pytest.fixture(scope="module", params=["two_branch", "three_branch"])
+def golden_samples(request):
+    """Each golden model sampled as the done-when criterion says: default sampler, 50 steps, both guidance forms."""
+    golden = Golden(request.param)
+    pipe = quiet(DiMRPipeline(golden.model(), vae=None))
+    ours = {form: pipe(class_labels=golden[f"in.sample.{form}.y"], **GUIDANCE_FORMS[form], num_inference_steps=50,
+                       latents=golden[f"in.sample.{form}.noise"], output_type="latent").images
+            for form in GUIDANCE_FORMS}
+    return golden, ours
+
+
+@pytest.mark.parametrize("form", GUIDANCE_FORMS)
+def test_default_sampler_at_50_steps_is_within_1_percent_of_official_250_steps(golden_samples, form):
+    golden, ours = golden_samples
+    assert relative_l2(ours[form], golden[f"out.sample.{form}"]) < 0.01
+
+
+def test_power_cosine_changes_the_result_as_the_official_one_does(golden_samples):
+    """The two official guidance forms differ by ~1%; our difference must be that same difference."""
+    golden, ours = golden_samples
+    constant, cosine = (ours[form] for form in GUIDANCE_FORMS)
+    official = golden["out.sample.steps250_cfg3.0_powcos1.0"] - golden["out.sample.steps250_cfg0.4"]
+    assert relative_l2(cosine - constant, official) < 0.1
+
+
+def test_power_cosine_weight_runs_from_one_at_pure_noise_to_the_scale_at_the_end():
+    weights = guidance_weights([999, 499, 0], guidance_scale=3.0, guidance_schedule="power-cosine", guidance_power=1)
+    assert weights[0] == pytest.approx(1.0)
+    assert weights[1] == pytest.approx(1 + 2 * (1 - math.cos(math.pi * 0.5)) / 2)
+    assert weights[2] == pytest.approx(1 + 2 * (1 - math.cos(math.pi * 0.999)) / 2)
+    assert guidance_weights([999, 0], 1.4) == [1.4, 1.4]
+
+
+def test_same_seed_gives_the_same_image_bit_for_bit(latent_pipe):
+    def sample(seed):
+        return latent_pipe([3, "tabby cat"], num_inference_steps=8, output_type="latent",
+                           generator=torch.Generator().manual_seed(seed)).images
+
+    first, again, other = sample(0), sample(0), sample(1)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def count_forwards(model):
+    """Record the batch size of every forward_branches call."""
+    calls = []
+    original = model.forward_branches
+
+    def recording(sample, timestep, class_labels):
+        calls.append(class_labels.clone())
+        return original(sample, timestep, class_labels)
+
+    model.forward_branches = recording
+    return calls
+
+
+def test_guidance_scale_one_is_the_conditional_model_alone(two_branch):
+    model = two_branch.model()
+    pipe = quiet(DiMRPipeline(model, vae=None))
+    noise = two_branch["in.sample.steps250_cfg0.4.noise"]
+    calls = count_forwards(model)
+    guided = pipe([1, 5], guidance_scale=1.0, num_inference_steps=6, latents=noise, output_type="latent").images
+    assert len(calls) == 6 and all(c.tolist() == [1, 5] for c in calls), "s = 1 must not run the null class"
+
+    # Conditional-only sampling written out by hand with the same scheduler.
+    scheduler = make_scheduler()
+    scheduler.set_timesteps(6)
+    x = noise.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(model.forward_branches(x, t, torch.tensor([1, 5]))[-1], t, x).prev_sample
+    torch.testing.assert_close(guided, x, rtol=0, atol=1e-6)
+    flat = pipe([1, 5], guidance_scale=1.0, guidance_schedule="power-cosine", num_inference_steps=6, latents=noise,
+                output_type="latent").images
+    assert torch.equal(flat, guided)
+
+
+def test_guidance_is_one_batched_forward_equal_to_two_separate_ones(two_branch):
+    model = two_branch.model()
+    pipe = quiet(DiMRPipeline(model, vae=None))
+    noise = two_branch["in.sample.steps250_cfg0.4.noise"]
+    seen = {}
+
+    def keep_first(pipe, i, t, tensors):
+        seen.setdefault("noise_pred", tensors["noise_pred"].clone())
+        seen.setdefault("t", t)
+        return {}
+
+    calls = count_forwards(model)
+    pipe([1, 5], guidance_scale=2.5, num_inference_steps=3, latents=noise, output_type="latent",
+         callback_on_step_end=keep_first, callback_on_step_end_tensor_inputs=["noise_pred"])
+    assert [c.tolist() for c in calls] == [[1, 5, 1000, 1000]] * 3, "cond and uncond go in one forward per step"
+
+    with torch.no_grad():
+        cond = model.forward_branches(noise, seen["t"], torch.tensor([1, 5]))[-1]
+        uncond = model.forward_branches(noise, seen["t"], torch.tensor([1000, 1000]))[-1]
+    torch.testing.assert_close(seen["noise_pred"], uncond + 2.5 * (cond - uncond), rtol=1e-5, atol=1e-5)
+
+
+def test_branch_trace_has_every_branch_at_every_step(golden):
+    pipe = quiet(DiMRPipeline(golden.model(), vae=None))
+    out = pipe([1, 5], num_inference_steps=4, output_type="latent", return_branches=True)
+    trace = out.branches
+    assert trace.scales == pipe.model.branch_scales
+    assert len(trace.timesteps) == 4 and trace.timesteps[0] == 999
+    for eps, x0, scale in zip(trace.noise_pred, trace.x0_pred, trace.scales):
+        assert eps.shape == x0.shape == (4, 2, 4, 16 // scale, 16 // scale)
+        assert torch.isfinite(x0).all()
+    assert trace.images == []  # latent output: nothing decoded
+
+
+def test_branch_clean_estimate_is_the_avg_pooled_image_when_the_noise_is_the_training_target():
+    """A branch trained on sum-pool(eps) / f implies avg-pool(x0): the units of the trace's x0_pred."""
+    torch.manual_seed(0)
+    x0, eps = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    abar = torch.tensor(0.3)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    for f in (1, 2, 4):
+        branch_eps = F.avg_pool2d(eps, f) * f  # sum-pool over f x f, divided by f
+        torch.testing.assert_close(branch_x0(x_t, branch_eps, f, abar), F.avg_pool2d(x0, f))
+
+
+def test_branch_images_decode_with_a_vae_in_one_batched_call(two_branch):
+    vae = tiny_vae()
+    pipe = quiet(DiMRPipeline(two_branch.model(), vae=vae))
+    decodes = []
+    original = vae.decode
+    vae.decode = lambda z, *a, **k: decodes.append(z.shape[0]) or original(z, *a, **k)
+    out = pipe([1, 5], num_inference_steps=5, return_branches=True, branch_steps=[0, -1, 2])
+    trace = out.branches
+    assert decodes == [3 * 2 * 2, 2], "all branch images in one decode, then the final images"
+    assert trace.image_steps == [0, 4, 2]
+    assert len(trace.images) == 3 and all(len(per_step) == 2 for per_step in trace.images)
+    for per_step in trace.images:
+        for images in per_step:
+            assert len(images) == 2 and all(isinstance(im, Image.Image) and im.size == (32, 32) for im in images)
+    assert len(out.images) == 2 and out.images[0].size == (32, 32)
+
+    later = pipe.decode_branch_trace(trace, steps=[4], output_type="np")
+    assert later[0][1].shape == (2, 32, 32, 3) and np.isfinite(later[0][1]).all()
+
+
+def test_pixel_space_branch_images_show_the_branch_resolution():
+    pipe = quiet(DiMRPipeline(tiny_pixel_model()))
+    out = pipe(["circle", "tri"], num_inference_steps=3, return_branches=True, output_type="pt")
+    assert out.images.shape == (2, 3, 16, 16) and 0 <= out.images.min() and out.images.max() <= 1
+    for scale, images in zip(out.branches.scales, out.branches.images[-1]):
+        assert images.shape == (2, 3, 16, 16)
+        # Nearest upsampling: each f x f block holds one value.
+        torch.testing.assert_close(images, F.interpolate(F.avg_pool2d(images, scale), scale_factor=scale))
+
+
+def test_float16_vae_is_decoded_in_float32(two_branch):
+    pipe = quiet(DiMRPipeline(two_branch.model(), vae=tiny_vae().to(torch.float16)))
+    images = pipe([1], num_inference_steps=2, output_type="np").images
+    assert pipe.vae.dtype == torch.float32 and np.isfinite(images).all()
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_named_sampler_produces_a_sample(two_branch, name):
+    pipe = quiet(DiMRPipeline(two_branch.model(), vae=None, scheduler=make_scheduler(name)))
+    out = pipe([1, 5], num_inference_steps=4, output_type="latent").images
+    assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
+
+
+def test_callback_can_replace_latents_and_see_branch_predictions(latent_pipe):
+    seen = []
+
+    def callback(pipe, i, t, tensors):
+        seen.append([x.shape[-1] for x in tensors["branch_x0_pred"]])
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    out = latent_pipe([1], num_inference_steps=3, output_type="latent", callback_on_step_end=callback,
+                      callback_on_step_end_tensor_inputs=["latents", "branch_x0_pred"])
+    assert seen == [[8, 16]] * 3
+    assert torch.equal(out.images, torch.zeros_like(out.images))
+
+
+def test_a_callback_can_stop_sampling_early(latent_pipe):
+    def stop(pipe, i, t, tensors):
+        pipe._interrupt = i == 1
+        return {}
+
+    out = latent_pipe([1], num_inference_steps=10, output_type="latent", return_branches=True,
+                      callback_on_step_end=stop)
+    assert len(out.branches.timesteps) == 2
+
+
+BAD_INPUTS = [
+    (dict(class_labels=["no such animal"]), "unknown class name 'no such animal'"),
+    (dict(class_labels=[1000]), "1000 is the null class"),
+    (dict(class_labels=[-1]), "class id -1 is out of range"),
+    (dict(class_labels=[]), "class_labels is empty"),
+    (dict(class_labels=[1.5]), "class label 1.5 must be"),
+    (dict(num_inference_steps=0), "num_inference_steps=0 is out of range: use 1..1000"),
+    (dict(num_inference_steps=100000), "num_inference_steps=100000 is out of range"),
+    (dict(num_inference_steps=2.5), "num_inference_steps must be an integer"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number, got nan"),
+    (dict(guidance_scale=float("inf")), "guidance_scale must be a finite number, got inf"),
+    (dict(guidance_scale=-1.0), "guidance_scale=-1.0 is negative"),
+    (dict(guidance_schedule="cosine"), "guidance_schedule 'cosine' is not one of constant, power-cosine"),
+    (dict(guidance_power=0.0), "guidance_power=0.0 must be positive"),
+    (dict(output_type="jpg"), "output_type 'jpg' is not one of pil, np, pt, latent"),
+    (dict(output_type="pil"), "needs a VAE"),
+    (dict(latents=torch.zeros(1, 4, 8, 8)), "latents must be a tensor of shape (2, 4, 16, 16)"),
+    (dict(callback_on_step_end_tensor_inputs=["x0"]), "['x0'] are not available"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_gives_a_clear_error(latent_pipe, bad, message):
+    kwargs = {**dict(class_labels=[1, 5], num_inference_steps=2, output_type="latent"), **bad}
+    with pytest.raises(ValueError) as err:
+        latent_pipe(**kwargs)
+    assert message in str(err.value)
+
+
+def test_unknown_sampler_name_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown sampler 'fast'; choose one of dpm\\+\\+2m"):
+        make_scheduler("fast")
+
+
+def test_model_class_names_and_synonyms_are_labels():
+    pipe = DiMRPipeline(tiny_pixel_model())
+    assert pipe.resolve_class_labels(["Circle", "tri", 1, "2"]) == [0, 2, 1, 2]
+    with pytest.raises(ValueError, match="3 is the null class"):
+        pipe.resolve_class_labels([3])
