@@ -1,0 +1,152 @@
+"""A small CNN that recognises the shapes classes: the judge of the distortion rate.
+
+Trained on real (rendered) shapes only, like the paper's classifier trained on real images; it never sees a
+generated sample. Bundled in checkpoints/shapes-classifier/ (config.json + model.safetensors).
+
+    python -m dimr.classifier [--device cuda] [--images 60000] [--epochs 4] [--out checkpoints/shapes-classifier]
+"""
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .data.shapes import CLASS_NAMES, make_dataset, to_model_range
+
+CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-classifier"
+TRAIN_SEED, VALIDATION_SEED = 1, 3  # the diffusion models train on seed 0; the distortion lab's real data is seed 2
+
+
+def _conv_block(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU())
+
+
+class ShapesClassifier(nn.Module):
+    """Three stages of two 3x3 convolutions (32 -> 16 -> 8 px), global average pooling, a linear layer."""
+
+    def __init__(self, num_classes=len(CLASS_NAMES), width=16):
+        super().__init__()
+        self.config = {"num_classes": num_classes, "width": width}
+        w = width
+        self.features = nn.Sequential(
+            _conv_block(3, w), _conv_block(w, w), nn.MaxPool2d(2),
+            _conv_block(w, 2 * w), _conv_block(2 * w, 2 * w), nn.MaxPool2d(2),
+            _conv_block(2 * w, 4 * w), _conv_block(4 * w, 4 * w),
+        )
+        self.head = nn.Linear(4 * w, num_classes)
+
+    def forward(self, images):
+        """Images in [-1, 1] [B, 3, 32, 32] -> logits [B, num_classes]."""
+        return self.head(self.features(images).mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def probabilities(self, images_uint8, batch_size=500):
+        """Class probabilities [N, num_classes] of uint8 images [N, 3, H, W]."""
+        device = next(self.parameters()).device
+        out = [F.softmax(self(to_model_range(images_uint8[i : i + batch_size].to(device))).float(), dim=1).cpu()
+               for i in range(0, images_uint8.shape[0], batch_size)]
+        return torch.cat(out)
+
+
+def save_classifier(model, out_dir, info):
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    config = {**model.config, "class_names": CLASS_NAMES, **info}
+    (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def load_classifier(path=CLASSIFIER_DIR, device="cpu"):
+    """The bundled (or a given) classifier in eval mode; clear errors when it is missing or for other classes."""
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no shapes classifier in {path} (config.json + model.safetensors); "
+                                f"train one with `python -m dimr.classifier --out {path}`")
+    config = json.loads((path / "config.json").read_text())
+    if config["class_names"] != CLASS_NAMES:
+        raise ValueError(f"the classifier in {path} knows classes {config['class_names']}, "
+                         f"but the shapes dataset has {CLASS_NAMES}; retrain it")
+    model = ShapesClassifier(config["num_classes"], config["width"])
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    return model.to(device).eval()
+
+
+def _augment(x):
+    """Flips and quarter turns: every shapes class is invariant to them."""
+    if torch.rand(()) < 0.5:
+        x = x.flip(3)
+    return torch.rot90(x, int(torch.randint(0, 4, ())), dims=(2, 3))
+
+
+def train_classifier(num_images=60000, epochs=4, batch_size=256, lr=3e-3, width=16, device="cpu", seed=0,
+                     progress=True):
+    """Train on `num_images` rendered shapes; returns (model, info with validation accuracy and confidence)."""
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    images, labels = make_dataset(num_images, TRAIN_SEED, device=device)
+    model = ShapesClassifier(len(CLASS_NAMES), width).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps = epochs * math.ceil(num_images / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    start, step = time.monotonic(), 0
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(num_images, device=device)
+        for i in range(0, num_images, batch_size):
+            index = order[i : i + batch_size]
+            x = _augment(to_model_range(images[index])).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if progress and step % 50 == 0:
+                print(f"epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss.item():.4f}", flush=True)
+    model.eval()
+    val_images, val_labels = make_dataset(10000, VALIDATION_SEED)
+    probs = model.probabilities(val_images)
+    p_true = probs[torch.arange(len(val_labels)), val_labels]
+    info = {
+        "train_images": num_images, "train_seed": TRAIN_SEED, "epochs": epochs, "batch_size": batch_size,
+        "validation_images": len(val_labels), "validation_seed": VALIDATION_SEED,
+        "validation_accuracy": round((probs.argmax(1) == val_labels).float().mean().item(), 5),
+        "validation_share_below_0.5": round((p_true < 0.5).float().mean().item(), 5),
+        "train_minutes": round((time.monotonic() - start) / 60, 2),
+    }
+    return model, info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m dimr.classifier", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=60000, help="training images (rendered, seed 1)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--width", type=int, default=16, help="channels of the first stage (x2, x4 after)")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--out", default=str(CLASSIFIER_DIR))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, info = train_classifier(args.images, args.epochs, args.batch_size, width=args.width, device=args.device)
+    print(json.dumps(info, indent=1))
+    print(f"saved to {save_classifier(model, args.out, info)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data the project makes itself (no downloads): the procedurally generated shapes dataset."""

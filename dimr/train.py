@@ -1,0 +1,595 @@
+"""Training a small pixel-space DiMR on the shapes dataset: the official recipe, scaled down.
+
+    python -m dimr train --config configs/tiny-dimr.json [--device cuda] [--max-minutes M] [--resume]
+    python -m dimr train --config configs/tiny-dimr.json --cost      # parameters and forward FLOPs
+
+The recipe (see docs/dimr-reference.md, "Training"): epsilon prediction on Stable Diffusion's scaled-linear
+schedule, timestep index k uniform in 0..999 (the model's diffusers convention), label dropout to the null
+class, and the multi-scale loss: branch l, whose prediction is f = model.branch_scales[l] times smaller than
+the image, is trained against the noise sum-pooled over f x f windows and divided by f, which keeps unit
+variance; loss = sum_l coeff_l * MSE_l. AdamW with linear warm-up and an EMA of the weights.
+
+Scaled down for runs of minutes instead of weeks (the `train` section of a config):
+- lr 1e-3 with betas (0.9, 0.99): the official 2e-4 and beta1 = 0.99 average gradients over ~100 steps, which
+  suits 800 epochs at batch 1024, but a few thousand steps of a 3M-parameter model need a shorter memory.
+  Weight decay 0.03 as official, applied to matrices only (norm scales and biases decaying to 0 only hurts).
+- 500 warm-up steps instead of 5000, EMA decay 0.999 (a ~1000-step horizon) instead of 0.9999, with the
+  usual (1 + step) / (10 + step) ramp so early averages are not dominated by the random initialisation.
+- gradient clipping at 1.0, which keeps the high learning rate stable.
+
+Speed: the dataset is rendered once onto the device as uint8; convolutions run channels-last; on CUDA the step
+runs under bf16 autocast with fused AdamW (optionally torch.compile, falling back to eager if it fails), while
+on CPU everything stays float32. Runs are bounded by steps and by wall-clock minutes and resume exactly from
+their last checkpoint (safetensors weights, a JSON state; the optimizer state is saved with torch.save and read
+back with weights_only=True). `--sync-dir` keeps several processes that share one GPU at the same step, so two
+models trained side by side stop after exactly the same number of steps on exactly the same batches.
+"""
+
+import copy
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .data.shapes import CLASS_NAMES, make_dataset, to_model_range, to_uint8
+from .model import DiMRModel, count_parameters
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "configs"
+CHECKPOINT_DIR = REPO / "checkpoints"
+RUNS_DIR = REPO / "runs"
+
+TRAIN_DEFAULTS = {
+    "batch_size": 512,
+    "lr": 1e-3,
+    "weight_decay": 0.03,
+    "betas": [0.9, 0.99],
+    "warmup_steps": 500,
+    "ema_decay": 0.999,
+    "label_dropout": 0.1,
+    "grad_clip": 1.0,
+    "max_steps": 100000,
+    "seed": 0,
+    "loss_coeffs": None,  # one per branch; default: 1/4 for every lower-resolution branch, 1 for the last
+}
+DATA_DEFAULTS = {"num_images": 200000, "seed": 0}
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def resolve_config_path(name_or_path):
+    """A config file path, or a config name under configs/ ("tiny-dimr")."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    named = CONFIG_DIR / f"{name_or_path}.json"
+    if named.is_file():
+        return named
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a name in {CONFIG_DIR} (known: {known})")
+
+
+def prepare_config(raw):
+    """Validate a training config dict and fill defaults, the classes and the null class.
+
+    The shapes dataset decides the classes: `model.num_classes` = number of shapes + 1 (null) and
+    `model.class_names` = the shape names, so a config cannot disagree with the data.
+    """
+    raw = copy.deepcopy(raw)
+    unknown = set(raw) - {"name", "description", "model", "data", "train"}
+    if unknown:
+        raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: name, description, model, data, train")
+    for section in ("name", "model"):
+        if section not in raw:
+            raise ValueError(f"training config lacks '{section}'")
+    model = dict(raw["model"])
+    if model.get("channels", 3) != 3:
+        raise ValueError(f"shapes models work in pixel space: model.channels must be 3, got {model['channels']}")
+    model["channels"] = 3
+    for field, value in (("num_classes", len(CLASS_NAMES) + 1), ("class_names", CLASS_NAMES)):
+        if field in model and model[field] != value:
+            raise ValueError(f"model.{field}={model[field]!r} disagrees with the shapes dataset ({value!r})")
+        model[field] = list(value) if isinstance(value, list) else value
+    data = {**DATA_DEFAULTS, **raw.get("data", {})}
+    train = {**TRAIN_DEFAULTS, **raw.get("train", {})}
+    for section, given, allowed in (("data", raw.get("data", {}), DATA_DEFAULTS), ("train", raw.get("train", {}), TRAIN_DEFAULTS)):
+        extra = set(given) - set(allowed)
+        if extra:
+            raise ValueError(f"unknown {section} fields {sorted(extra)}; allowed: {sorted(allowed)}")
+    num_branches = len(model["stage_configs"])
+    if train["loss_coeffs"] is None:
+        train["loss_coeffs"] = [0.25] * (num_branches - 1) + [1.0]
+    if len(train["loss_coeffs"]) != num_branches:
+        raise ValueError(f"train.loss_coeffs has {len(train['loss_coeffs'])} entries but the model has {num_branches} branches")
+    for field in ("batch_size", "max_steps", "warmup_steps"):
+        if not isinstance(train[field], int) or train[field] < (0 if field == "warmup_steps" else 1):
+            raise ValueError(f"train.{field} must be a positive integer, got {train[field]!r}")
+    if not 0 <= train["label_dropout"] < 1:
+        raise ValueError(f"train.label_dropout must be in [0, 1), got {train['label_dropout']}")
+    if not 0 <= train["ema_decay"] < 1:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {train['ema_decay']}")
+    return {"name": raw["name"], "description": raw.get("description", ""), "model": model, "data": data, "train": train}
+
+
+def load_config(name_or_path):
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    return prepare_config(raw)
+
+
+def build_model(config):
+    """A freshly initialised DiMRModel for a prepared training config."""
+    return DiMRModel(**config["model"])
+
+
+def model_cost(model_config):
+    """(parameters, forward FLOPs for one image) of a model config, counted on the meta device (no compute).
+
+    FLOPs are torch's FlopCounterMode count: 2 per multiply-add of matmuls, convolutions and attention.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = DiMRModel(**model_config)
+        size = model.sample_size
+        sample = torch.zeros(1, model_config["channels"], size, size)
+        with FlopCounterMode(display=False) as counter:
+            model(sample, torch.tensor([500.0]), torch.tensor([0]))
+    return count_parameters(model), counter.get_total_flops()
+
+
+# ------------------------------------------------------------------------------------------ the objective
+
+
+def scaled_linear_alphas_cumprod():
+    """alphas_cumprod of the schedule DiMR trains and samples on (diffusers' DDPMScheduler, scaled linear)."""
+    from .pipeline import make_scheduler
+
+    return make_scheduler("ddim").alphas_cumprod.clone()
+
+
+def multiscale_targets(noise, scales):
+    """The noise at each branch's resolution: sum-pooled over f x f windows and divided by f (unit variance)."""
+    return [noise if f == 1 else F.avg_pool2d(noise, f) * f for f in scales]
+
+
+def diffusion_loss(model, x0, labels, timesteps, noise, alphas_cumprod, loss_coeffs):
+    """Multi-scale epsilon loss for clean images x0 in [-1, 1]; returns (total, [per-branch MSE])."""
+    abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    noisy = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    predictions = model.forward_branches(noisy, timesteps, labels)
+    targets = multiscale_targets(noise, model.branch_scales)
+    losses = [F.mse_loss(p.float(), t) for p, t in zip(predictions, targets)]
+    return sum(c * l for c, l in zip(loss_coeffs, losses)), losses
+
+
+# ------------------------------------------------------------------------------------------- lockstep
+
+
+class Lockstep:
+    """Keeps processes that train side by side at the same step and stops them at the same step.
+
+    Every `every` steps each process writes its step to `<dir>/<name>.json` and waits while it is more than
+    `every` steps ahead of the slowest live peer. The first process whose time is up writes `stop.json`
+    with a step a little beyond every peer's, and every process stops exactly there. A peer that has
+    finished, or not reported for `stale_seconds` (crashed), no longer holds the others back.
+    """
+
+    def __init__(self, directory, name, every=20, stale_seconds=120):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name, self.every, self.stale_seconds = name, every, stale_seconds
+
+    def _write(self, path, data):
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+
+    def _read(self, path):
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _live_peer_steps(self):
+        steps = []
+        for path in self.dir.glob("*.json"):
+            if path.stem in (self.name, "stop"):
+                continue
+            info = self._read(path)
+            if info and not info["done"] and time.time() - info["time"] < self.stale_seconds:
+                steps.append(info["step"])
+        return steps
+
+    def stop_step(self):
+        info = self._read(self.dir / "stop.json")
+        return None if info is None else info["step"]
+
+    def sync(self, step, time_is_up):
+        """Report `step`; returns the agreed stop step once there is one, else None."""
+        self._write(self.dir / f"{self.name}.json", {"step": step, "done": False, "time": time.time()})
+        if time_is_up and self.stop_step() is None:
+            furthest = max([step, *self._live_peer_steps()])
+            stop = (furthest // self.every + 2) * self.every
+            try:
+                # O_EXCL: the first process to propose a stop step wins.
+                fd = os.open(self.dir / "stop.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"step": stop, "by": self.name}, f)
+            except FileExistsError:
+                pass
+        while True:
+            stop = self.stop_step()
+            peers = self._live_peer_steps()
+            if (stop is not None and step >= stop) or not peers or step <= min(peers) + self.every:
+                return stop
+            time.sleep(0.01)
+            self._write(self.dir / f"{self.name}.json", {"step": step, "done": False, "time": time.time()})
+
+    def finish(self, step):
+        self._write(self.dir / f"{self.name}.json", {"step": step, "done": True, "time": time.time()})
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Model, EMA, optimizer, data and RNG of one training run, with its checkpoint and export."""
+
+    def __init__(self, config, run_dir, device="cpu", compile=False):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        t = config["train"]
+        torch.manual_seed(t["seed"])
+        self.model = build_model(config).to(self.device, memory_format=torch.channels_last).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t["lr"], betas=tuple(t["betas"]), **({"fused": True} if self.cuda else {}),
+        )
+        self.images, self.labels = make_dataset(config["data"]["num_images"], config["data"]["seed"], device=self.device)
+        self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(t["seed"])
+        self.step = 0
+        self.train_seconds = 0.0
+        self.loss_fn = diffusion_loss
+        if compile:
+            self._try_compile()
+
+    # One step ---------------------------------------------------------------------------------------
+
+    def draw_batch(self):
+        """Images, labels (after label dropout), timesteps and noise for one step, from the run's generator."""
+        t = self.config["train"]
+        b, g, dev = t["batch_size"], self.generator, self.device
+        index = torch.randint(0, self.images.shape[0], (b,), generator=g, device=dev)
+        x0 = to_model_range(self.images[index]).contiguous(memory_format=torch.channels_last)
+        labels = self.labels[index]
+        dropped = torch.rand(b, generator=g, device=dev) < t["label_dropout"]
+        labels = torch.where(dropped, torch.full_like(labels, self.model.null_class), labels)
+        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=g, device=dev)
+        noise = torch.randn(x0.shape, generator=g, device=dev).contiguous(memory_format=torch.channels_last)
+        return x0, labels, timesteps, noise
+
+    def compute_loss(self, batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            return self.loss_fn(self.model, *batch, self.alphas_cumprod, self.config["train"]["loss_coeffs"])
+
+    def lr_at(self, step):
+        t = self.config["train"]
+        return t["lr"] * min(1.0, (step + 1) / max(1, t["warmup_steps"]))
+
+    def train_step(self, batch=None):
+        """One optimizer step; returns (loss, branch losses) as device tensors (no host sync)."""
+        t = self.config["train"]
+        loss, branch_losses = self.compute_loss(self.draw_batch() if batch is None else batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t["grad_clip"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.optimizer.step()
+        self.update_ema()
+        self.step += 1
+        return loss.detach(), torch.stack([l.detach() for l in branch_losses])
+
+    @torch.no_grad()
+    def update_ema(self):
+        decay = min(self.config["train"]["ema_decay"], (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - decay)
+
+    def _try_compile(self):
+        """torch.compile the loss; on any failure (no compiler, unsupported op) keep eager mode."""
+        compiled = torch.compile(diffusion_loss)
+        self.loss_fn = compiled
+        try:
+            # Warm-up on a throw-away batch (own generator, gradients cleared): no effect on the run.
+            saved = self.generator.get_state()
+            loss, _ = self.compute_loss(self.draw_batch())
+            loss.backward()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.generator.set_state(saved)
+        except Exception as err:  # torch.compile raises many kinds (backend, lowering, missing compiler)
+            print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); training eagerly")
+            self.loss_fn = diffusion_loss
+            self.optimizer.zero_grad(set_to_none=True)
+
+    # Checkpoints ------------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self):
+        return self.run_dir / "checkpoint"
+
+    def save_checkpoint(self):
+        """Write the resumable state next to the previous one, then swap, so a kill never leaves half a checkpoint."""
+        tmp = self.run_dir / "checkpoint.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
+        save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, tmp / "ema.safetensors")
+        save_file({"generator": self.generator.get_state()}, tmp / "rng.safetensors")
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        state = {"step": self.step, "train_seconds": self.train_seconds, "device": self.device.type,
+                 "config": self.config}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        old = self.run_dir / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.checkpoint_dir.exists():
+            self.checkpoint_dir.rename(old)
+        tmp.rename(self.checkpoint_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self):
+        """Continue from run_dir/checkpoint; the model and data sections must match the saved run."""
+        path = self.checkpoint_dir
+        if not (path / "state.json").is_file():
+            raise FileNotFoundError(f"no checkpoint to resume in {path}; start without --resume")
+        state = json.loads((path / "state.json").read_text())
+        for section in ("model", "data"):
+            if state["config"][section] != self.config[section]:
+                raise ValueError(
+                    f"cannot resume {path}: its '{section}' config differs from this run's "
+                    f"(saved {state['config'][section]}, now {self.config[section]}); use another --run-dir"
+                )
+        self.model.load_state_dict(load_file(path / "model.safetensors", device=str(self.device)))
+        self.ema.load_state_dict(load_file(path / "ema.safetensors", device=str(self.device)))
+        optimizer_state = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.step, self.train_seconds = state["step"], state["train_seconds"]
+        if state["device"] == self.device.type:
+            self.generator.set_state(load_file(path / "rng.safetensors")["generator"])
+        else:
+            # A CPU generator state cannot drive a CUDA generator (and back): reseed from the seed and step.
+            self.generator.manual_seed(self.config["train"]["seed"] * 1_000_003 + self.step)
+
+    def export(self, out_dir):
+        """Save the EMA model as a loadable checkpoint (config.json with class names + safetensors)."""
+        out_dir = Path(out_dir)
+        tmp = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        export_model = copy.deepcopy(self.ema).to("cpu", memory_format=torch.contiguous_format)
+        export_model.save_pretrained(tmp, safe_serialization=True)
+        info = {"config": self.config["name"], "steps": self.step, "batch_size": self.config["train"]["batch_size"],
+                "images_seen": self.step * self.config["train"]["batch_size"],
+                "train_minutes": round(self.train_seconds / 60, 2), "device": device_name(self.device)}
+        (tmp / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+        return out_dir
+
+
+def device_name(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ----------------------------------------------------------------------------------------- sample grids
+
+
+def tile(images, columns, pad=2, scale=1):
+    """uint8 images [N, 3, H, W] -> one uint8 grid [3, rows (H+pad), columns (W+pad)], nearest-upscaled."""
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    n, c, h, w = images.shape
+    rows = math.ceil(n / columns)
+    grid = torch.full((c, rows * (h + pad) + pad, columns * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = image
+    return grid
+
+
+def save_png(grid, path):
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path)
+
+
+def class_grid(model, per_class=8, num_inference_steps=25, guidance_scale=1.5, seed=0, scale=2):
+    """One row per class, `per_class` samples each, from the DiMR pipeline; uint8 grid [3, H, W]."""
+    from .pipeline import DiMRPipeline, make_scheduler
+
+    pipe = DiMRPipeline(model=model, vae=None, scheduler=make_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    device = next(model.parameters()).device
+    labels = [k for k in range(model.null_class) for _ in range(per_class)]
+    generator = torch.Generator(device).manual_seed(seed)
+    images = pipe(labels, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                  generator=generator, output_type="pt").images
+    return tile(to_uint8(images.cpu() * 2 - 1), per_class, scale=scale)
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resume=False, export_dir=None,
+          compile=False, sync_dir=None, log_every=None, checkpoint_minutes=10.0, sample_minutes=30.0,
+          progress=True):
+    """Train (or continue) a run until max_steps or max_minutes; checkpoint, sample and export on the way.
+
+    Returns the Trainer. Writes to run_dir: checkpoint/ (resumable), log.jsonl, samples/step_N.png.
+    """
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    trainer = Trainer(config, run_dir, device, compile=compile)
+    if resume and (trainer.checkpoint_dir / "state.json").is_file():
+        trainer.load_checkpoint()
+        print(f"resumed {run_dir} at step {trainer.step} ({trainer.train_seconds / 60:.1f} min trained so far)")
+    elif resume:
+        print(f"nothing to resume in {run_dir}; starting from scratch")
+    max_steps = max_steps or config["train"]["max_steps"]
+    log_every = log_every or (100 if trainer.cuda else 10)
+    lockstep = Lockstep(sync_dir, config["name"], every=log_every) if sync_dir else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    params, flops = model_cost(config["model"])
+    print(f"{config['name']}: {params / 1e6:.2f}M parameters, {flops / 1e9:.3f} GFLOPs per image forward; "
+          f"{device_name(trainer.device)}, batch {config['train']['batch_size']}")
+
+    start = time.monotonic()
+    last_checkpoint = last_sample = start
+    seconds_before = trainer.train_seconds
+    losses, branch_losses, interval_start, interval_step = [], [], start, trainer.step
+    bar = tqdm(total=max_steps, initial=trainer.step, disable=not progress, dynamic_ncols=True, mininterval=5)
+
+    def time_is_up():
+        return max_minutes is not None and time.monotonic() - start >= max_minutes * 60
+
+    stopped_by = "max_steps"
+    # Ctrl-C or SIGTERM (kill PID) stop cleanly after the current step, with a checkpoint; a second one at once.
+    signalled = []
+
+    def on_signal(signum, frame):
+        if signalled:
+            raise KeyboardInterrupt
+        signalled.append(signal.Signals(signum).name)
+
+    previous_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        previous_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    while trainer.step < max_steps:
+        if signalled:
+            stopped_by = signalled[0]
+            break
+        if trainer.step % log_every == 0:
+            if lockstep:
+                stop = lockstep.sync(trainer.step, time_is_up())
+                if stop is not None and trainer.step >= stop:
+                    stopped_by = "time (shared stop step)"
+                    break
+            elif time_is_up():
+                stopped_by = "time"
+                break
+        loss, per_branch = trainer.train_step()
+        losses.append(loss)
+        branch_losses.append(per_branch)
+        if trainer.step % log_every == 0 or trainer.step == max_steps:
+            now = time.monotonic()
+            mean = torch.stack(losses).mean().item()
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"loss became {mean} at step {trainer.step}; lower train.lr in the config")
+            per_branch_mean = torch.stack(branch_losses).mean(0).tolist()
+            steps_per_s = (trainer.step - interval_step) / max(now - interval_start, 1e-9)
+            trainer.train_seconds = seconds_before + now - start
+            record = {"step": trainer.step, "loss": round(mean, 5), "branch_losses": [round(x, 5) for x in per_branch_mean],
+                      "lr": trainer.lr_at(trainer.step - 1), "steps_per_s": round(steps_per_s, 3),
+                      "images_per_s": round(steps_per_s * config["train"]["batch_size"], 1),
+                      "train_minutes": round(trainer.train_seconds / 60, 3)}
+            with open(run_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{mean:.4f}", it_s=f"{steps_per_s:.2f}")
+            bar.update(trainer.step - bar.n)
+            if now - last_checkpoint >= checkpoint_minutes * 60:
+                trainer.save_checkpoint()
+                last_checkpoint = now
+            if now - last_sample >= sample_minutes * 60:
+                save_png(class_grid(trainer.ema), run_dir / "samples" / f"step_{trainer.step:07d}.png")
+                last_sample = time.monotonic()
+            # Throughput counts training only, not checkpoints and sample grids.
+            losses, branch_losses, interval_start, interval_step = [], [], time.monotonic(), trainer.step
+    bar.close()
+    for sig, handler in previous_handlers.items():
+        signal.signal(sig, handler)
+    if lockstep:
+        lockstep.finish(trainer.step)
+    trainer.train_seconds = seconds_before + time.monotonic() - start
+    trainer.save_checkpoint()
+    print(f"{config['name']}: stopped by {stopped_by} at step {trainer.step} after "
+          f"{trainer.train_seconds / 60:.2f} min of training in total")
+    if export_dir:
+        print(f"exported EMA weights to {trainer.export(export_dir)}")
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+def add_cli_arguments(parser):
+    parser.add_argument("--config", required=True, help="a config file or a name in configs/ (tiny-dimr, tiny-baseline)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    parser.add_argument("--max-minutes", type=float, help="stop this session after so many minutes of training")
+    parser.add_argument("--max-steps", type=int, help="total steps to reach (default: the config's train.max_steps)")
+    parser.add_argument("--batch-size", type=int, help="override train.batch_size (e.g. smaller for CPU runs)")
+    parser.add_argument("--num-images", type=int, help="override data.num_images (e.g. for smoke tests)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint if it exists")
+    parser.add_argument("--run-dir", help="where checkpoints, logs and sample grids go (default runs/NAME)")
+    parser.add_argument("--export", help="export the EMA model here at the end (default checkpoints/NAME; 'none' to skip)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training step (CUDA; falls back to eager)")
+    parser.add_argument("--sync-dir", help="keep in lockstep with other runs using the same directory (shared GPU)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--log-every", type=int, help="steps between log lines (default 100 on CUDA, 10 on CPU)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0, help="minutes between checkpoints")
+    parser.add_argument("--sample-minutes", type=float, default=30.0, help="minutes between sample grids")
+    parser.add_argument("--cost", action="store_true", help="print parameters and forward FLOPs, then exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cli_main(args):
+    config = load_config(args.config)
+    if args.cost:
+        params, flops = model_cost(config["model"])
+        print(f"{config['name']}: {params:,} parameters, {flops:,} FLOPs per {config['model']['channels']}x32x32 forward")
+        return 0
+    if args.batch_size:
+        config["train"]["batch_size"] = args.batch_size
+    if args.num_images:
+        config["data"]["num_images"] = args.num_images
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    export = args.export or str(CHECKPOINT_DIR / config["name"])
+    train(config, args.run_dir or RUNS_DIR / config["name"], device=device, max_steps=args.max_steps,
+          max_minutes=args.max_minutes, resume=args.resume, export_dir=None if export == "none" else export,
+          compile=args.compile, sync_dir=args.sync_dir, log_every=args.log_every,
+          checkpoint_minutes=args.checkpoint_minutes, sample_minutes=args.sample_minutes,
+          progress=not args.no_progress)
+    return 0

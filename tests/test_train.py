@@ -1,0 +1,143 @@
+"""Training: the recipe's pieces, loss going down, exact resume, lockstep, export, and the two matched configs."""
+
+import json
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dimr.data.shapes import CLASS_NAMES
+from dimr.model import DiMRModel
+from dimr.train import (Trainer, load_config, model_cost, multiscale_targets, prepare_config,
+                        scaled_linear_alphas_cumprod, train)
+
+
+def tiny_config(**train_overrides):
+    """A 2-branch model of ~0.1M parameters on 256 images: seconds per run on a CPU."""
+    return prepare_config({
+        "name": "tiny-test",
+        "model": {"channels": 3, "stage_configs": [
+            {"block_type": "TransformerBlock", "dim": 32, "hidden_dim": 64, "num_attention_heads": 2, "num_blocks": 2,
+             "max_height": 8, "max_width": 8, "input_feature_ratio": 4},
+            {"block_type": "ConvNeXtBlock", "dim": 16, "hidden_dim": 32, "kernel_size": 7, "num_blocks": 2,
+             "max_height": 32, "max_width": 32}]},
+        "data": {"num_images": 256, "seed": 0},
+        "train": {"batch_size": 8, "warmup_steps": 2, **train_overrides},
+    })
+
+
+def test_multiscale_targets_keep_unit_variance_and_are_scaled_sum_pools():
+    noise = torch.randn(256, 3, 32, 32)
+    targets = multiscale_targets(noise, [4, 2, 1])
+    assert [t.shape[-1] for t in targets] == [8, 16, 32]
+    for target in targets:
+        assert abs(target.std().item() - 1) < 0.02 and abs(target.mean().item()) < 0.02
+    # Branch at scale 4: the sum over each 4x4 window, divided by 4.
+    assert torch.allclose(targets[0][0, 0, 1, 2], noise[0, 0, 4:8, 8:12].sum() / 4, atol=1e-5)
+    assert targets[2] is noise
+
+
+def test_noise_schedule_is_diffusers_scaled_linear():
+    from diffusers import DDPMScheduler
+
+    expected = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                             beta_schedule="scaled_linear").alphas_cumprod
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2
+    assert torch.equal(scaled_linear_alphas_cumprod(), expected)
+    assert torch.allclose(expected, torch.cumprod(1 - betas, 0))
+
+
+def test_config_fills_classes_and_default_loss_coeffs_and_rejects_mismatches():
+    config = tiny_config()
+    assert config["model"]["num_classes"] == len(CLASS_NAMES) + 1
+    assert config["model"]["class_names"] == CLASS_NAMES
+    assert config["train"]["loss_coeffs"] == [0.25, 1.0]
+    with pytest.raises(ValueError, match="loss_coeffs has 3 entries but the model has 2 branches"):
+        tiny_config(loss_coeffs=[0.25, 0.25, 1.0])
+    with pytest.raises(ValueError, match=r"unknown train fields \['learning_rate'\]"):
+        tiny_config(learning_rate=0.1)
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path):
+    trainer = Trainer(tiny_config(lr=3e-3), tmp_path)
+    batch = trainer.draw_batch()
+    with torch.no_grad():
+        before = trainer.compute_loss(batch)[0].item()
+    for _ in range(25):
+        trainer.train_step(batch)
+    with torch.no_grad():
+        after = trainer.compute_loss(batch)[0].item()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_label_dropout_uses_the_null_class(tmp_path):
+    trainer = Trainer(tiny_config(batch_size=4000, label_dropout=0.1), tmp_path)
+    _, labels, timesteps, _ = trainer.draw_batch()
+    dropped = (labels == trainer.model.null_class).float().mean().item()
+    assert 0.08 < dropped < 0.12
+    assert timesteps.min() >= 0 and timesteps.max() <= 999 and timesteps.float().std() > 250
+
+
+def test_resume_continues_from_the_saved_step_exactly(tmp_path):
+    config = tiny_config()
+    interrupted = train(config, tmp_path / "a", max_steps=3, progress=False)
+    assert json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())["step"] == 3
+    resumed = train(config, tmp_path / "a", max_steps=5, resume=True, progress=False)
+    straight = train(config, tmp_path / "b", max_steps=5, progress=False)
+    assert resumed.step == straight.step == 5
+    for (name, a), b in zip(resumed.ema.state_dict().items(), straight.ema.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_a_run_with_another_model(tmp_path):
+    train(tiny_config(), tmp_path, max_steps=1, progress=False)
+    other = tiny_config()
+    other["model"]["stage_configs"][1]["dim"] = 8
+    with pytest.raises(ValueError, match="its 'model' config differs"):
+        train(other, tmp_path, max_steps=2, resume=True, progress=False)
+
+
+def test_runs_in_lockstep_stop_at_the_same_step(tmp_path):
+    results = {}
+
+    def run(name, threads_config):
+        results[name] = train(threads_config, tmp_path / name, max_minutes=0.05, sync_dir=tmp_path / "sync",
+                              log_every=2, progress=False).step
+
+    a, b = tiny_config(), tiny_config()
+    b["name"] = "tiny-test-b"
+    workers = [threading.Thread(target=run, args=(c["name"], c)) for c in (a, b)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert results["tiny-test"] == results["tiny-test-b"] > 0
+
+
+def test_export_is_a_loadable_pixel_space_model_with_class_names(tmp_path):
+    trainer = train(tiny_config(), tmp_path / "run", max_steps=2, export_dir=tmp_path / "export", progress=False)
+    model = DiMRModel.from_pretrained(tmp_path / "export")
+    assert model.config.class_names == CLASS_NAMES and model.config.channels == 3
+    saved = load_file(tmp_path / "export" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in trainer.ema.state_dict().items())
+    info = json.loads((tmp_path / "export" / "training.json").read_text())
+    assert info["steps"] == 2 and info["images_seen"] == 16
+
+
+def test_bundled_configs_match_in_parameters_and_flops_and_fit_the_size_limit():
+    dimr, baseline = load_config("tiny-dimr"), load_config("tiny-baseline")
+    (p_dimr, f_dimr), (p_base, f_base) = model_cost(dimr["model"]), model_cost(baseline["model"])
+    assert max(p_dimr, p_base) / min(p_dimr, p_base) <= 1.15
+    assert max(f_dimr, f_base) / min(f_dimr, f_base) <= 1.15
+    # fp32 checkpoints under 20 MB; under 16 MiB each so a GPU run can send them back.
+    assert 4 * max(p_dimr, p_base) < 16 * 2**20
+    # Same data, steps and recipe; only the per-branch loss weights follow the number of branches.
+    assert dimr["data"] == baseline["data"]
+    assert {k: v for k, v in dimr["train"].items() if k != "loss_coeffs"} == \
+           {k: v for k, v in baseline["train"].items() if k != "loss_coeffs"}
+    # The baseline is the transformer branch alone, decoding its large patches with an un-patchify head.
+    transformer = dimr["model"]["stage_configs"][0]
+    (single,) = baseline["model"]["stage_configs"]
+    assert single["input_feature_ratio"] == single["head_patch_size"] == transformer["input_feature_ratio"] == 4
+    assert [s["block_type"] for s in dimr["model"]["stage_configs"]] == ["TransformerBlock", "ConvNeXtBlock", "ConvNeXtBlock"]
