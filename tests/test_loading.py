@@ -1,0 +1,108 @@
+"""load_pipeline / load_vae: local directories, bundled names, the module cache, and clear offline errors."""
+
+import time
+
+import huggingface_hub.constants
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import save_file
+
+from dimr import loading
+from dimr.loading import MODELS, clear_cache, load_pipeline, load_vae
+from dimr.weights import CheckpointError
+from test_pipeline import tiny_pixel_model, tiny_vae
+
+
+@pytest.fixture(autouse=True)
+def empty_cache_and_hub(monkeypatch, tmp_path):
+    """No module cache carried between tests, and an empty Hugging Face cache (conftest already sets offline)."""
+    clear_cache()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    yield
+    clear_cache()
+
+
+@pytest.fixture
+def pixel_dir(tmp_path):
+    tiny_pixel_model().save_pretrained(tmp_path / "pixel")
+    return tmp_path / "pixel"
+
+
+def test_a_local_pixel_space_model_loads_without_a_vae(pixel_dir):
+    pipe = load_pipeline(str(pixel_dir), device="cpu")
+    assert pipe.vae is None and pipe.is_pixel_space
+    assert pipe.labels.name(2) == "triangle"
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(["tri"], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_networks_are_loaded_once_per_model_device_and_dtype(pixel_dir):
+    first, second = load_pipeline(pixel_dir, device="cpu"), load_pipeline(str(pixel_dir), device="cpu")
+    assert first is not second and first.scheduler is not second.scheduler
+    assert first.model is second.model
+    as_bf16 = load_pipeline(pixel_dir, device="cpu", torch_dtype=torch.bfloat16)
+    assert as_bf16.model is not first.model and as_bf16.model.dtype == torch.bfloat16
+    clear_cache()
+    assert load_pipeline(pixel_dir, device="cpu").model is not first.model
+
+
+def test_a_latent_model_directory_uses_its_vae_subfolder(tmp_path):
+    from conftest import Golden
+
+    Golden("two_branch").model().save_pretrained(tmp_path / "latent")
+    tiny_vae().save_pretrained(tmp_path / "latent" / "vae")
+    pipe = load_pipeline(tmp_path / "latent", device="cpu", torch_dtype=torch.float16)
+    assert isinstance(pipe.vae, AutoencoderKL)
+    assert pipe.model.dtype == torch.float16 and pipe.vae.dtype == torch.float32, "never a float16 VAE"
+
+
+def test_a_vae_from_a_single_weights_file(tmp_path):
+    vae = tiny_vae()
+    save_file(vae.state_dict(), tmp_path / "vae.safetensors")
+    vae.save_config(tmp_path)  # config.json beside the file: a non-SD architecture
+    loaded = load_vae(tmp_path / "vae.safetensors")
+    for key, value in vae.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_a_file_that_is_not_a_vae_is_rejected(tmp_path):
+    save_file({"weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="is not a VAE of this architecture"):
+        load_vae(tmp_path / "other.safetensors")
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ValueError) as err:
+        load_pipeline("DiMR-XXL", device="cpu")
+    assert all(name in str(err.value) for name in MODELS)
+
+
+def test_a_missing_bundled_model_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(loading, "CHECKPOINTS_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="bundled model 'tiny-dimr' is missing"):
+        load_pipeline("tiny-dimr", device="cpu")
+
+
+def test_offline_the_released_model_fails_at_once_with_what_to_do():
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as err:
+        load_pipeline("DiMR-XL/2R", device="cpu")
+    assert time.monotonic() - start < 5
+    assert "python -m dimr convert DiMR-XL_2R_800epochs.pth --variant DiMR-XL/2R" in str(err.value)
+
+
+def test_offline_the_hub_vae_fails_at_once_with_what_to_do():
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as err:
+        load_vae("stabilityai/sd-vae-ft-ema")
+    assert time.monotonic() - start < 5
+    assert "not in the Hugging Face cache" in str(err.value) and "local VAE directory or weights file" in str(err.value)
+
+
+def test_a_latent_model_without_a_local_vae_needs_the_hub_one(tmp_path):
+    from conftest import Golden
+
+    Golden("two_branch").model().save_pretrained(tmp_path / "latent")
+    with pytest.raises(CheckpointError, match="sd-vae-ft-ema"):
+        load_pipeline(tmp_path / "latent", device="cpu")
