@@ -1,0 +1,120 @@
+"""GPU acceleration modes: the defaults per device, what CPU refuses, and the compiled network path.
+
+The bf16 / CUDA-graph parts need a GPU (benchmarks/sampling.py measures them there); on CPU these tests
+check that the compiled network gives the eager network's numbers, that blocks share compiled code,
+that a failing compiler falls back to eager, and that the pipeline really calls the compiled network.
+"""
+
+import logging
+
+import pytest
+import torch
+from conftest import Golden
+
+from dimr.acceleration import MODES, accelerate_pipeline, default_mode, make_fast, mode_dtype
+from dimr.pipeline import DiMRPipeline, make_scheduler
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the traced graph as is and counts the graphs it was given."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        return graph_module.forward
+
+
+def broken_backend(graph_module, example_inputs):
+    raise RuntimeError("no C++ compiler on this machine")
+
+
+@pytest.fixture
+def model():
+    return Golden("two_branch").model()
+
+
+def inputs(model, batch=2):
+    size = model.sample_size
+    sample = torch.randn(batch, model.config.channels, size, size)
+    return sample, torch.linspace(10, 990, batch), torch.arange(batch) % model.config.num_classes
+
+
+def test_fast_on_gpu_unchanged_float32_on_cpu():
+    assert default_mode("cuda") == "fast"
+    assert default_mode(torch.device("cuda", 1)) == "fast"
+    assert default_mode("cpu") == "none"
+    assert mode_dtype("none") == torch.float32
+    assert mode_dtype("fast") == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown acceleration mode 'turbo'; choose one of none, bf16, fast"):
+        mode_dtype("turbo")
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "none"])
+def test_gpu_modes_refuse_a_cpu_pipeline_and_change_nothing(model, mode):
+    pipe = DiMRPipeline(model=model, scheduler=make_scheduler())
+    with pytest.raises(ValueError, match=rf"mode '{mode}' needs a CUDA device, but the pipeline is on cpu; use mode 'none'"):
+        accelerate_pipeline(pipe, mode)
+    assert model.dtype == torch.float32
+    assert "forward_branches" not in model.__dict__
+
+
+def test_none_mode_keeps_the_pipeline_as_it_was(model):
+    pipe = DiMRPipeline(model=model, scheduler=make_scheduler())
+    assert accelerate_pipeline(pipe, "none") is pipe
+    assert model.dtype == torch.float32
+    assert "forward_branches" not in model.__dict__
+
+
+def test_compiled_network_gives_the_eager_numbers_and_blocks_share_compiled_code(model):
+    sample, timestep, labels = inputs(model)
+    with torch.inference_mode():
+        expected = model.forward_branches(sample, timestep, labels)
+        expected_shared_t = model.forward_branches(sample, timestep[0], labels)[-1]
+        backend = CountingBackend()
+        make_fast(model, cuda_graphs=False, backend=backend)
+        got = model.forward_branches(sample, timestep, labels)
+        graphs = backend.graphs
+        # model.forward goes through the fast path too (a shared timestep is a new input shape).
+        shared_t = model(sample, timestep[0], labels).sample
+    for out, ref in zip(got, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(shared_t, expected_shared_t, rtol=1e-6, atol=1e-6)
+    assert backend.graphs > graphs
+    regions = sum(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+    assert regions == sum(len(s.blocks) + 1 for s in model.stages) + len(model.stages) - 1
+    assert 0 < graphs < regions, "blocks of one branch should reuse one compiled graph"
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_a_warning(model, caplog):
+    sample, timestep, labels = inputs(model)
+    with torch.inference_mode():
+        expected = model.forward_branches(sample, timestep, labels)
+        make_fast(model, cuda_graphs=False, backend=broken_backend)
+        with caplog.at_level(logging.WARNING, logger="dimr.acceleration"):
+            got = model.forward_branches(sample, timestep, labels)
+    assert "torch.compile failed" in caplog.text and "running the network eagerly" in caplog.text
+    assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+    for out, ref in zip(got, expected):
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_pipeline_samples_through_the_compiled_network_with_unchanged_results(model):
+    pipe = DiMRPipeline(model=model, scheduler=make_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(2, *pipe.latent_shape)
+    call = dict(guidance_scale=1.4, num_inference_steps=3, latents=noise, output_type="latent")
+    expected = pipe([1, 2], **call).images
+    backend = CountingBackend()
+    make_fast(model, cuda_graphs=False, backend=backend)
+    got = pipe([1, 2], **call).images
+    assert backend.graphs > 0
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
