@@ -286,7 +286,7 @@ def test_bad_input_gives_a_clear_error(latent_pipe, bad, message):
 
 
 def test_unknown_sampler_name_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown sampler 'fast'; choose one of dpm\\+\\+2m"):
+    with pytest.raises(ValueError, match="unknown sampler 'fast'; choose one of dpm-solver-3s, dpm\\+\\+2m"):
         make_scheduler("fast")
 
 
@@ -295,3 +295,33 @@ def test_model_class_names_and_synonyms_are_labels():
     assert pipe.resolve_class_labels(["Circle", "tri", 1, "2"]) == [0, 2, 1, 2]
     with pytest.raises(ValueError, match="3 is the null class"):
         pipe.resolve_class_labels([3])
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+@needs_gpu
+def test_the_sampling_loop_never_waits_for_the_gpu(two_branch):
+    pipe = quiet(DiMRPipeline(two_branch.model().cuda()))
+
+    def strict_from_now_on(pipe, i, t, tensors):
+        torch.cuda.set_sync_debug_mode("error")  # any later host sync raises
+        return {}
+
+    try:
+        pipe([1, 5], num_inference_steps=6, output_type="latent", return_branches=True,
+             callback_on_step_end=strict_from_now_on, callback_on_step_end_tensor_inputs=[])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@needs_gpu
+def test_bf16_autocast_on_gpu_stays_close_to_float32(two_branch):
+    pipe = quiet(DiMRPipeline(two_branch.model().cuda(), vae=tiny_vae().cuda()))
+    noise = two_branch["in.sample.steps250_cfg0.4.noise"].cuda()
+    exact = pipe([1, 5], num_inference_steps=10, latents=noise, output_type="latent").images
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fast = pipe([1, 5], num_inference_steps=10, latents=noise, output_type="latent").images
+        images = pipe([1, 5], num_inference_steps=2, output_type="np").images
+    assert fast.dtype == torch.float32 and relative_l2(fast, exact) < 0.05
+    assert np.isfinite(images).all()
