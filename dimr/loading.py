@@ -23,8 +23,9 @@ from .weights import HUB_FILES, HUB_REPO, CheckpointError, converted_dir, load_p
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 BUNDLED = {
-    "tiny-dimr": "small 3-branch DiMR trained on the shapes dataset (pixel space, 32x32, bundled, runs on CPU)",
-    "tiny-baseline": "single-resolution baseline of the same size trained on the shapes dataset (bundled)",
+    "tiny-dimr": "tiny 3-branch DiMR (8x8, 16x16, 32x32) trained on the 32x32 shapes dataset (pixel space, bundled)",
+    "tiny-baseline": "tiny single-resolution baseline with the same parameters and FLOPs, trained on the same shapes "
+                     "(pixel space, bundled)",
 }
 # Every known name -> a one-line description (the app's model picker).
 MODELS = {
@@ -110,7 +111,8 @@ def _load_model(name_or_path, torch_dtype):
                               f"holding config.json and the weights (save_pretrained)")
     if name_or_path in VARIANTS and not _released_weights_available(name_or_path) and not _hub_reachable():
         raise CheckpointError(f"the weights of {name_or_path} are neither converted in {converted_dir(name_or_path)} "
-                              f"nor in the Hugging Face cache, and the hub ({_hub_endpoint()}) cannot be reached (or HF_HUB_OFFLINE is set). "
+                              f"nor in the Hugging Face cache, and the hub ({_hub_endpoint()}) cannot be reached "
+                              f"(or HF_HUB_OFFLINE is set). "
                               f"Download {HUB_FILES[name_or_path]} from https://huggingface.co/{HUB_REPO} and run "
                               f"`python -m dimr convert {HUB_FILES[name_or_path]} --variant {name_or_path}`.")
     return load_pretrained(name_or_path, torch_dtype=torch_dtype)

@@ -281,12 +281,12 @@ class DiMRPipeline(DiffusionPipeline):
 
         trace = None
         if return_branches:
-            done = len(trace_eps[0])
-            trace = BranchTrace(timesteps=timesteps[:done], scales=scales,
-                                noise_pred=[torch.stack(e) for e in trace_eps], x0_pred=[torch.stack(x) for x in trace_x0])
+            trace = BranchTrace(timesteps=timesteps[: len(trace_eps[0])], scales=scales,
+                                noise_pred=[torch.stack(eps) for eps in trace_eps],
+                                x0_pred=[torch.stack(x0) for x0 in trace_x0])
             if output_type != "latent":
-                steps = range(done) if branch_steps is None else branch_steps
-                trace.image_steps, trace.images = self._decode_trace(trace, steps, output_type)
+                trace.image_steps = branch_step_indices(trace, branch_steps)
+                trace.images = self.decode_branch_trace(trace, trace.image_steps, output_type)
         images = latents if output_type == "latent" else self.decode(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -325,25 +325,29 @@ class DiMRPipeline(DiffusionPipeline):
 
     def decode_branch_trace(self, trace, steps=None, output_type="pil"):
         """Decode the chosen steps (default all) of a BranchTrace; returns images[j][l] (see module docstring)."""
-        return self._decode_trace(trace, range(len(trace.timesteps)) if steps is None else steps, output_type)[1]
-
-    def _decode_trace(self, trace, steps, output_type):
-        num_steps = len(trace.timesteps)
-        steps = list(steps)
-        for step in steps:
-            if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not -num_steps <= step < num_steps:
-                raise ValueError(f"branch step {step!r} is not a step index in 0..{num_steps - 1} (or -1..-{num_steps})")
-        steps = [int(s) % num_steps for s in steps]
+        steps = branch_step_indices(trace, steps)
         if not steps:
-            return steps, []
+            return []
         full = trace.x0_pred[-1].shape[-2:]
         # [steps, branches, batch], every branch upsampled to full size: one decode for all of them.
-        upsampled = [F.interpolate(x0[steps].flatten(0, 1), size=full, mode="nearest").view(len(steps), -1, *x0.shape[2:3], *full)
+        upsampled = [F.interpolate(x0[steps].flatten(0, 1), size=full, mode="nearest").unflatten(0, (len(steps), -1))
                      for x0 in trace.x0_pred]
         images = self.decode(torch.stack(upsampled, dim=1).flatten(0, 2), output_type)
         batch, branches = trace.x0_pred[0].shape[1], len(trace.x0_pred)
         per_branch = [images[n : n + batch] for n in range(0, len(images), batch)]
-        return steps, [per_branch[j * branches : (j + 1) * branches] for j in range(len(steps))]
+        return [per_branch[j * branches : (j + 1) * branches] for j in range(len(steps))]
+
+
+def branch_step_indices(trace, steps=None):
+    """Step indices into a BranchTrace, negative ones counted from the end; None = all."""
+    num_steps = len(trace.timesteps)
+    if steps is None:
+        return list(range(num_steps))
+    for step in steps:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not -num_steps <= step < num_steps:
+            raise ValueError(f"branch step {step!r} is not a step index in 0..{num_steps - 1} (or -1..-{num_steps})")
+    return [int(step) % num_steps for step in steps]
+
 
 def alpha_bar(scheduler, timesteps):
     """abar at each (possibly fractional) timestep index, interpolating sigma = sqrt((1 - abar) / abar) linearly

@@ -210,6 +210,12 @@ def test_branch_images_decode_with_a_vae_in_one_batched_call(two_branch):
     assert later[0][1].shape == (2, 32, 32, 3) and np.isfinite(later[0][1]).all()
 
 
+def test_a_branch_step_outside_the_run_is_a_clear_error():
+    pipe = quiet(DiMRPipeline(tiny_pixel_model()))
+    with pytest.raises(ValueError, match="branch step 3 is not a step index in 0..2"):
+        pipe(["circle"], num_inference_steps=3, return_branches=True, branch_steps=[0, 3])
+
+
 def test_pixel_space_branch_images_show_the_branch_resolution():
     pipe = quiet(DiMRPipeline(tiny_pixel_model()))
     out = pipe(["circle", "tri"], num_inference_steps=3, return_branches=True, output_type="pt")
