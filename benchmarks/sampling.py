@@ -255,6 +255,10 @@ def main(argv=None):
         f"guidance {args.guidance_scale}, batches {args.batches}; our mode {mode!r}, sampler {args.sampler!r}")
 
     def save():
+        for batch in args.batches:
+            ours, official = report["ours"].get(str(batch)), report["official"].get(str(batch))
+            if ours and official:
+                report["speedup"][str(batch)] = ours["images_per_s"] / official["images_per_s"]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -320,12 +324,8 @@ def main(argv=None):
         report["ours"]["host_syncs_per_call"] = count_host_syncs(device, lambda: sample(pipe, batch))
         log(f"ours ({mode}), batch {batch}: {report['ours']['host_syncs_per_call']} host syncs in one pipeline call")
 
-    for batch in args.batches:
-        ours, official = report["ours"].get(str(batch)), report["official"].get(str(batch))
-        if ours and official:
-            report["speedup"][str(batch)] = ours["images_per_s"] / official["images_per_s"]
-    print_summary(report, args, out)
     save()
+    print_summary(report, args, out)
 
 
 def config_latent_shape(model):
@@ -391,6 +391,11 @@ def run_official(args, log, device, model, config, vae, inputs, gflop, peak, rep
         decode_s = statistics.median(timed(device, lambda: official_decode(vae, noise, device))[0] for _ in range(3))
         report["official"][str(batch)] = add_rates(result, gflop, args.steps, peak, decode_s)
         save()
+    if device.type == "cuda" and in_budget("official host sync count"):
+        batch = min(args.batches)
+        report["official"]["host_syncs_per_call"] = count_host_syncs(device, lambda: sample(batch))
+        log(f"official, batch {batch}: {report['official']['host_syncs_per_call']} host syncs in one sampling call")
+        save()
     del nnet
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -417,6 +422,9 @@ def print_summary(report, args, out):
             print(f"\n{path}: final latents vs float32: relative L2 {error['rel_l2']:.2e}, max relative "
                   f"{error['max_rel']:.2e} ({'within' if error['within_tolerance'] else 'OUTSIDE'} "
                   f"{TOLERANCE_REL_L2:.0%})")
+    for path in ("official", "ours"):
+        if "host_syncs_per_call" in report[path]:
+            print(f"{path}: {report[path]['host_syncs_per_call']} host syncs in one call at batch {min(args.batches)}")
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"\nwrote {out}")
