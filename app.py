@@ -43,6 +43,7 @@ thin rings and stripes: the baseline tends to break them at patch borders.
 """
 CSS = """
 .pixelated img { image-rendering: pixelated; }
+.note { font-size: 0.9em; color: var(--body-text-color-subdued); }
 #generate-button, #compare-button { min-height: 3em; }
 footer { display: none !important; }
 """
@@ -59,8 +60,11 @@ def checked(fn, *args, **kwargs):
 
 
 def sample(request, progress):
-    """Yield ('preview', captioned images) while sampling, then ('done', Generation)."""
+    """Yield ('loaded', None) once the model is ready, ('preview', captioned images) while sampling, then
+    ('done', Generation)."""
     progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
+    checked(demo.load, request.model, request.sampler)  # kept loaded: stream() below gets it at once
+    yield "loaded", None
     updates = checked(demo.stream, request)
     while True:
         update = checked(next, updates, None)
@@ -83,11 +87,12 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
     request = checked(demo.Request.check, model, classes, images_per_class, guidance_scale, guidance_schedule,
                       guidance_power, num_inference_steps, seed, sampler)
     steps = request.num_inference_steps
-    # Layout first (so that the final values below are plain lists and numbers for API callers).
-    yield (gr.skip(), gr.Gallery(columns=len(demo.model_branches(request.model)) + 1),
-           gr.Slider(maximum=steps, value=steps, interactive=steps > 1), f"Sampling with {request.model}…", gr.skip())
     for kind, value in sample(request, progress):
-        if kind == "preview":
+        if kind == "loaded":
+            # Layout first, so that the final values below are plain lists and numbers for API callers.
+            yield (gr.skip(), gr.Gallery(columns=len(demo.model_branches(request.model)) + 1),
+                   gr.Slider(maximum=steps, value=steps, interactive=steps > 1), gr.skip(), gr.skip())
+        elif kind == "preview":
             yield value, gr.skip(), gr.skip(), gr.skip(), gr.skip()
         else:
             yield value.gallery(), value.branch_panel(), steps, demo.describe(value), value
@@ -115,10 +120,10 @@ def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidan
         for kind, value in sample(request, progress):
             if kind == "preview":
                 galleries[k] = value
-            else:
+            elif kind == "done":
                 galleries[k] = value.gallery()
                 lines.append(demo.describe(value))
-            yield *galleries, "  \n".join(lines) or f"Sampling {request.model}…"
+            yield *galleries, "  \n".join(lines) or gr.skip()
 
 
 def on_model_change(model):
@@ -145,40 +150,42 @@ def build():
         generation = gr.State(time_to_live=3600)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                model_box = gr.Dropdown(demo.model_choices(), value=model, label="Model")
-                model_info = gr.Markdown(model_note(model))
+                model_box = gr.Dropdown(demo.model_choices(), value=model, label="Model", elem_id="model")
+                model_info = gr.Markdown(model_note(model), elem_classes="note")
                 class_box = gr.Dropdown(demo.class_choices(model), value=demo.default_classes(model),
                                         multiselect=True, allow_custom_value=True, elem_id="classes",
                                         label=f"Classes ({len(demo.model_labels(model))}; type to search names "
                                               "and synonyms)")
-                random_button = gr.Button("🎲 Random classes", size="sm")
-                per_class = gr.Slider(1, demo.MAX_IMAGES, value=1, step=1, label="Images per class")
                 with gr.Row():
-                    guidance_scale = gr.Slider(0, 10, value=1.4, step=0.1, label="Guidance scale",
-                                               info="1 = no guidance; the paper's default is 1.4")
-                    steps = gr.Slider(1, demo.MAX_STEPS, value=25, step=1, label="Steps")
+                    per_class = gr.Slider(1, demo.MAX_IMAGES, value=1, step=1, label="Images per class", scale=3,
+                                          elem_id="images-per-class")
+                    random_button = gr.Button("Random classes", size="sm", scale=1, min_width=100)
+                generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                gr.Markdown("### Sampling")
+                guidance_scale = gr.Slider(0, 10, value=1.4, step=0.1, label="Guidance scale",
+                                           info="1 = no guidance; the paper's default is 1.4")
                 with gr.Row():
                     schedule = gr.Radio(list(GUIDANCE_SCHEDULES), value="constant", label="Guidance schedule",
-                                        info="power-cosine: from 1 at pure noise up to the scale at the end")
-                    power = gr.Slider(0.1, 4, value=1.0, step=0.1, label="Power (power-cosine)")
-                sampler = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SCHEDULER, label="Sampler")
+                                        info="power-cosine rises from 1 at pure noise to the scale", scale=3)
+                    power = gr.Slider(0.1, 4, value=1.0, step=0.1, label="Power", info="of power-cosine", scale=2)
+                steps = gr.Slider(1, demo.MAX_STEPS, value=25, step=1, label="Steps", info="model evaluations")
                 with gr.Row():
-                    seed = gr.Number(0, precision=0, minimum=0, maximum=demo.MAX_SEED, label="Seed", scale=3)
-                    dice = gr.Button("🎲 Random seed", size="sm", scale=1)
-                generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                    sampler = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SCHEDULER, label="Sampler", scale=2)
+                    seed = gr.Number(0, precision=0, minimum=0, maximum=demo.MAX_SEED, label="Seed", scale=2)
+                    dice = gr.Button("Random seed", size="sm", scale=1, min_width=90)
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Generate"):
                         status = gr.Markdown("Pick classes and press **Generate**.", label="status", elem_id="status")
-                        gallery = gr.Gallery(label="Samples", columns=4, height="auto", format="png",
+                        gallery = gr.Gallery(label="Samples", columns=4, height="fit-content", format="png",
                                              object_fit="contain", elem_id="gallery", elem_classes="pixelated",
                                              buttons=["download", "fullscreen"])
                         gr.Markdown(PANEL_HELP)
                         step_slider = gr.Slider(1, 25, value=25, step=1, interactive=False, elem_id="panel-step",
                                                 label="Branch panel: after step")
                         panel_note = gr.Markdown("", elem_id="panel-note")
-                        panel = gr.Gallery(label="What each branch predicts", columns=4, height="auto", format="png",
-                                           object_fit="contain", elem_id="branch-panel", elem_classes="pixelated",
+                        panel = gr.Gallery(label="What each branch predicts", columns=4, height="fit-content",
+                                           format="png", object_fit="contain", elem_id="branch-panel", elem_classes="pixelated",
                                            buttons=["download", "fullscreen"])
                     with gr.Tab("Compare with the baseline", elem_id="compare-tab"):
                         gr.Markdown(COMPARE_HELP)
@@ -187,12 +194,12 @@ def build():
                                                       label="Classes (shapes)")
                         compare_button = gr.Button("Compare (same seed, classes and settings)", variant="primary",
                                                    elem_id="compare-button")
-                        compare_status = gr.Markdown("", label="status")
+                        compare_status = gr.Markdown("", label="status", elem_id="compare-status")
                         with gr.Row():
-                            dimr_gallery = gr.Gallery(label="tiny DiMR (3 branches)", columns=2, height="auto",
+                            dimr_gallery = gr.Gallery(label="tiny DiMR (3 branches)", columns=2, height="fit-content",
                                                       format="png", elem_classes="pixelated", elem_id="compare-dimr")
                             baseline_gallery = gr.Gallery(label="single-resolution baseline", columns=2,
-                                                          height="auto", format="png", elem_classes="pixelated",
+                                                          height="fit-content", format="png", elem_classes="pixelated",
                                                           elem_id="compare-baseline")
 
         settings = [per_class, guidance_scale, schedule, power, steps, seed, sampler]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .acceleration import accelerate_pipeline, mode_dtype
 from .config import VARIANTS, variant_config
 from .labels import labels_for_model
 from .loading import CHECKPOINTS_DIR, MODELS, default_device, load_pipeline
@@ -49,16 +50,19 @@ def device():
     return torch.device(os.environ.get("DIMR_DEVICE") or default_device())
 
 
+def acceleration_mode():
+    """DIMR_ACCELERATION (none, bf16 or fast; see dimr.acceleration), else bf16 weights on GPUs (tensor cores,
+    without the compile and graph-capture wait of "fast" at the first request of each shape), float32 on CPUs."""
+    return os.environ.get("DIMR_ACCELERATION") or ("bf16" if device().type == "cuda" else "none")
+
+
 def model_choices():
-    """(label, name) pairs for the model picker: the known models, plus DIMR_MODEL when it is a directory."""
-    choices = [(f"{name}: {description}", name) for name, description in MODELS.items()]
-    if default_model() not in MODELS:
-        choices.insert(0, (f"{default_model()} (DIMR_MODEL)", default_model()))
-    return choices
+    """The model picker's names: the known models, plus DIMR_MODEL when it is a directory."""
+    return list(MODELS) if default_model() in MODELS else [default_model(), *MODELS]
 
 
 def check_model(name):
-    allowed = [value for _, value in model_choices()]
+    allowed = model_choices()
     if name not in allowed:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(allowed)}")
     return name
@@ -93,11 +97,12 @@ def class_choices(name):
 
 
 def default_classes(name):
-    """A few classes that show the model well: ImageNet favourites, or the first shapes."""
+    """A few classes that show the model well: ImageNet favourites, or shapes where distortion shows."""
     labels = model_labels(name)
     if len(labels) == 1000:
         return [207, 88, 279, 980]  # golden retriever, macaw, arctic fox, volcano
-    return list(range(min(4, len(labels))))
+    showcase = [i for i, names in enumerate(labels.names) if names[0] in ("ring", "star", "stripes", "checkerboard")]
+    return showcase or list(range(min(4, len(labels))))
 
 
 def random_classes(name, count, rng):
@@ -147,7 +152,8 @@ class Request:
         check_guidance(guidance_scale, guidance_schedule, guidance_power)
         check_num_inference_steps(num_inference_steps)
         if num_inference_steps > MAX_STEPS:
-            raise ValueError(f"num_inference_steps={num_inference_steps} is more than the demo allows: use 1..{MAX_STEPS}")
+            raise ValueError(f"num_inference_steps={num_inference_steps} is more than the demo allows: "
+                             f"use 1..{MAX_STEPS}")
         seed = _check_int("seed", seed, 0, MAX_SEED)
         make_scheduler(sampler)  # raises for an unknown sampler name
         return cls(model, class_ids, images_per_class, float(guidance_scale), guidance_schedule,
@@ -210,8 +216,8 @@ class Generation:
         row_items = []
         for b, caption in enumerate(self.captions):
             for l, branch in enumerate(self.branch_names):
-                row_items.append((enlarge(self.branch_images[index, l, b]), f"{caption} · {branch}"))
-            row_items.append((enlarge(self.images[b]), f"{caption} · final output"))
+                row_items.append((enlarge(self.branch_images[index, l, b]), branch))
+            row_items.append((enlarge(self.images[b]), f"final: {caption}"))
         return row_items
 
     @property
@@ -235,7 +241,9 @@ def panel_steps(pipe, steps):
 
 def load(model_name, sampler=DEFAULT_SCHEDULER):
     """The pipeline for a model on the demo's device (networks are loaded once and kept by dimr.loading)."""
-    return load_pipeline(model_name, device=device(), scheduler=sampler)
+    mode = acceleration_mode()
+    pipe = load_pipeline(model_name, device=device(), torch_dtype=mode_dtype(mode), scheduler=sampler)
+    return accelerate_pipeline(pipe, mode)
 
 
 def stream(request, stop=None):
@@ -246,7 +254,7 @@ def stream(request, stop=None):
     the current step."""
     pipe = load(request.model, request.sampler)
     pipe.set_progress_bar_config(disable=True)
-    dev = pipe.device
+    dev, steps = pipe.device, request.num_inference_steps
     stop = stop or threading.Event()
     finished = threading.Event()
     latest, result = {}, {}
@@ -254,18 +262,18 @@ def stream(request, stop=None):
     def on_step(pipeline, i, t, tensors):
         latest["step"] = (i, tensors["branch_x0_pred"][-1])
         if stop.is_set():
-            pipeline._interrupt = True
+            pipeline._interrupt = result["stopped"] = True
         return {}
 
     def run():
         try:
-            # bf16 autocast on GPUs (fp32 weights); the pipeline decodes with the VAE outside autocast.
+            # bf16 autocast on GPUs (whatever the weights' dtype); the pipeline decodes the VAE outside autocast.
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 start = time.perf_counter()
                 out = pipe(request.labels, guidance_scale=request.guidance_scale,
                            guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
-                           num_inference_steps=request.num_inference_steps, generator=torch.Generator(dev).manual_seed(request.seed),
-                           output_type="np", return_branches=True, branch_steps=panel_steps(pipe, request.num_inference_steps),
+                           num_inference_steps=steps, generator=torch.Generator(dev).manual_seed(request.seed),
+                           output_type="np", return_branches=True, branch_steps=panel_steps(pipe, steps),
                            callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["branch_x0_pred"])
                 result["out"], result["seconds"] = out, time.perf_counter() - start
         except BaseException as err:  # re-raised in the caller's thread
@@ -279,28 +287,28 @@ def stream(request, stop=None):
         while not finished.wait(PREVIEW_INTERVAL_S):
             item = latest.pop("step", None)
             if item is not None:
-                yield Progress(item[0] + 1, request.num_inference_steps, _to_uint8(pipe.decode(item[1], "np")))
+                yield Progress(item[0] + 1, steps, _to_uint8(pipe.decode(item[1], "np")))
     finally:
         stop.set()
         worker.join()
+    if result.get("stopped"):
+        raise RuntimeError("sampling was stopped before the last step")
     if "error" in result:
         raise result["error"]
-    if len(result["out"].branches.timesteps) < request.num_inference_steps:
-        raise RuntimeError("sampling was stopped before the last step")
     yield _generation(pipe, request, result["out"], result["seconds"])
 
 
 def _generation(pipe, request, out, seconds):
     trace = out.branches
     per_step = np.stack([np.stack([_to_uint8(branch) for branch in step]) for step in trace.images])
-    if not pipe.is_pixel_space:
-        per_step = _resize(per_step, PANEL_SIZE_LATENT)
+    if not pipe.is_pixel_space and per_step.shape[-2] > PANEL_SIZE_LATENT:
+        per_step = _shrink(per_step, PANEL_SIZE_LATENT)
     return Generation(request=request, captions=request.captions, images=_to_uint8(out.images),
                       branch_names=model_branches(request.model), panel_steps=[s + 1 for s in trace.image_steps],
                       branch_images=per_step, seconds=seconds)
 
 
-def _resize(images, size):
+def _shrink(images, size):
     """[..., H, W, 3] uint8 -> [..., size, size, 3] (area filter), to keep the panel of a latent model small."""
     lead, (h, w, c) = images.shape[:-3], images.shape[-3:]
     flat = images.reshape(-1, h, w, c)
