@@ -5,9 +5,15 @@ UI only: requests are checked and sampled by `dimr.demo`. `python app.py` serves
 the device. The main action is also the API endpoint `/generate` (gradio_client), with the same checks.
 """
 
+import hashlib
+import io
+import os
 import random
+import tempfile
+from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from dimr import demo
 from dimr.loading import MODELS
@@ -45,7 +51,6 @@ CSS = """
 .pixelated img { image-rendering: pixelated; }
 .note { font-size: 0.9em; color: var(--body-text-color-subdued); }
 #generate-button, #compare-button { min-height: 3em; }
-footer { display: none !important; }
 """
 THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"])
 APP_LIMITS = f"at most {demo.MAX_IMAGES} images and {demo.MAX_STEPS} steps per request"
@@ -57,6 +62,27 @@ def checked(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: files, downloads
         raise gr.Error(str(err), title="Cannot generate") from None
+
+
+def cached_png(image):
+    """A PIL image as a PNG file in Gradio's cache, written once under its content hash and renamed into place.
+
+    Gradio's own save rewrites the file for every request that produces the same image (same seed, classes and
+    settings); a browser or client fetching it meanwhile receives an empty file."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    data = buffer.getvalue()
+    path = Path(get_upload_folder()) / "dimr" / hashlib.sha256(data).hexdigest() / "image.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as partial:
+            partial.write(data)
+        os.replace(partial.name, path)
+    return str(path)
+
+
+def as_files(captioned_images):
+    return [(cached_png(image), caption) for image, caption in captioned_images]
 
 
 def sample(request, progress):
@@ -72,8 +98,8 @@ def sample(request, progress):
             return
         if isinstance(update, demo.Progress):
             progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
-            yield "preview", [(demo.enlarge(image), f"{caption} · step {update.step}/{update.total}")
-                              for image, caption in zip(update.preview, request.captions)]
+            yield "preview", as_files((demo.enlarge(image), f"{caption} · step {update.step}/{update.total}")
+                                      for image, caption in zip(update.preview, request.captions))
         else:
             yield "done", update
 
@@ -95,7 +121,7 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
         elif kind == "preview":
             yield value, gr.skip(), gr.skip(), gr.skip(), gr.skip()
         else:
-            yield value.gallery(), value.branch_panel(), steps, demo.describe(value), value
+            yield as_files(value.gallery()), as_files(value.branch_panel()), steps, demo.describe(value), value
 
 
 def show_step(generation, step):
@@ -104,7 +130,7 @@ def show_step(generation, step):
         raise gr.Error("Generate images first; the panel then shows any step of that run.")
     shown = generation.panel_step(step)
     note = "" if shown == step else f" (nearest step with branch images: {shown})"
-    return (gr.Gallery(value=generation.branch_panel(shown), columns=generation.columns),
+    return (gr.Gallery(value=as_files(generation.branch_panel(shown)), columns=generation.columns),
             f"Branch panel after step {shown} of {generation.request.num_inference_steps}{note}.")
 
 
@@ -121,7 +147,7 @@ def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidan
             if kind == "preview":
                 galleries[k] = value
             elif kind == "done":
-                galleries[k] = value.gallery()
+                galleries[k] = as_files(value.gallery())
                 lines.append(demo.describe(value))
             yield *galleries, "  \n".join(lines) or gr.skip()
 
@@ -167,7 +193,8 @@ def build():
                 with gr.Row():
                     schedule = gr.Radio(list(GUIDANCE_SCHEDULES), value="constant", label="Guidance schedule",
                                         info="power-cosine rises from 1 at pure noise to the scale", scale=3)
-                    power = gr.Slider(0.1, 4, value=1.0, step=0.1, label="Power", info="of power-cosine", scale=2)
+                    power = gr.Slider(0.1, 4, value=1.0, step=0.1, label="Power", info="of power-cosine", scale=2,
+                                      interactive=False)
                 steps = gr.Slider(1, demo.MAX_STEPS, value=25, step=1, label="Steps", info="model evaluations")
                 with gr.Row():
                     sampler = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SCHEDULER, label="Sampler", scale=2)
@@ -215,6 +242,8 @@ def build():
         model_box.change(on_model_change, model_box, [class_box, model_info], api_visibility="private")
         random_button.click(pick_random_classes, [model_box, class_box], class_box, api_visibility="private")
         dice.click(lambda: random.randint(0, demo.MAX_SEED), None, seed, api_visibility="private")
+        schedule.change(lambda name: gr.Slider(interactive=name == "power-cosine"), schedule, power,
+                        api_visibility="private")
     return blocks
 
 

@@ -3,12 +3,12 @@
     python benchmarks/load_app.py                  # starts app.py on a free loopback port, stops it at the end
     python benchmarks/load_app.py --url http://127.0.0.1:7860/ --pid PID    # an app you started (loopback only)
 
-Prints, in one run:
+Prints, in one run (when it starts the app: also how long `python app.py` took to answer HTTP):
 1. baseline: the latency of single requests sent one after another (an idle queue);
 2. a burst of --concurrency simultaneous requests: all must succeed; p50 / p95 / max latency from submit to result
    (queueing included: the app samples one request at a time, so the burst drains serially);
 3. the server's resident memory (VmRSS of its process) before and after --requests more requests, sent
-   --concurrency at a time, after the burst has warmed everything up.
+   --concurrency at a time (and after each of those batches), after the burst has warmed everything up.
 Exits with status 1 if any request fails.
 """
 
@@ -67,12 +67,14 @@ def load_test(url, pid, args):
     print(f"burst of {args.concurrency} concurrent requests: all succeeded; latency p50 {percentile(burst, 50):.2f} s, "
           f"p95 {percentile(burst, 95):.2f} s, max {max(burst):.2f} s")
 
-    before = rss_mib(pid)
+    before, trail = rss_mib(pid), []
     start = time.perf_counter()
-    run_batch(client, request, args.requests, args.concurrency)
-    after = rss_mib(pid)
+    for sent in range(0, args.requests, args.concurrency):
+        run_batch(client, request, min(args.concurrency, args.requests - sent), args.concurrency)
+        trail.append(rss_mib(pid))
     print(f"{args.requests} more requests ({args.concurrency} at a time) in {time.perf_counter() - start:.1f} s: "
-          f"server RSS {before:.0f} MiB before, {after:.0f} MiB after ({after - before:+.0f} MiB)")
+          f"server RSS {before:.0f} MiB before, {trail[-1]:.0f} MiB after ({trail[-1] - before:+.0f} MiB); "
+          f"after each {args.concurrency}: {', '.join(f'{m:.0f}' for m in trail)} MiB")
 
 
 def main():
@@ -98,7 +100,9 @@ def main():
     sys.path.insert(0, str(ROOT / "tests"))
     from test_app_api import running_app
 
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, running_app(tmp) as (url, process):
+        print(f"`python app.py` answered HTTP after {time.perf_counter() - start:.1f} s")
         load_test(url, process.pid, args)
     return 0
 

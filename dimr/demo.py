@@ -15,6 +15,7 @@ import functools
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,9 @@ PANEL_SIZE_LATENT = 128
 DISPLAY_SIZE = 256  # smaller images are enlarged (nearest neighbour, so pixels stay visible) to about this
 MAX_SEED = 2**32 - 1
 PREVIEW_INTERVAL_S = 0.4
+# One long-lived thread samples every request in turn: the device serves one at a time anyway, and a fresh
+# thread per request would leave each its own allocator arena (resident memory that grows with requests).
+_SAMPLING_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dimr-sampling")
 
 
 def default_model():
@@ -249,7 +253,7 @@ def load(model_name, sampler=DEFAULT_SCHEDULER):
 def stream(request, stop=None):
     """Sample a request: yields Progress about every PREVIEW_INTERVAL_S, then the Generation.
 
-    The pipeline runs in a worker thread so that previews can be yielded while it samples. Setting the
+    The pipeline runs in the sampling thread so that previews can be yielded while it samples. Setting the
     `stop` event (or closing this generator, as Gradio does when the browser goes away) ends sampling after
     the current step."""
     pipe = load(request.model, request.sampler)
@@ -281,8 +285,7 @@ def stream(request, stop=None):
         finally:
             finished.set()
 
-    worker = threading.Thread(target=run, name="dimr-sampling", daemon=True)
-    worker.start()
+    done = _SAMPLING_THREAD.submit(run)
     try:
         while not finished.wait(PREVIEW_INTERVAL_S):
             item = latest.pop("step", None)
@@ -290,7 +293,7 @@ def stream(request, stop=None):
                 yield Progress(item[0] + 1, steps, _to_uint8(pipe.decode(item[1], "np")))
     finally:
         stop.set()
-        worker.join()
+        done.result()
     if result.get("stopped"):
         raise RuntimeError("sampling was stopped before the last step")
     if "error" in result:
