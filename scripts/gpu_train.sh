@@ -59,51 +59,65 @@ if [[ $failed == 1 ]]; then
   exit 1
 fi
 trained=$(date +%s)
-
-for name in tiny-dimr tiny-baseline; do
-  "$PY" - "$name" "$DEVICE" <<'PYEOF'
-import sys
-from dimr.loading import load_pipeline
-from dimr.train import class_grid, save_png
-name, device = sys.argv[1], sys.argv[2]
-pipe = load_pipeline(name, device=device)
-save_png(class_grid(pipe.model), f"assets/shapes_{name.replace('-', '_')}.png")
-PYEOF
-done
-for model in real tiny-dimr tiny-baseline; do
-  "$PY" -m dimr distortion --model "$model" --samples "$SAMPLES" --device "$DEVICE" \
-    --json "$WORK/distortion_$model.json" --save-grid "$WORK/distortion_$model.png" | tee "$WORK/distortion_$model.txt"
-done
-
-{
-  echo "# GPU training run ($(date -u +%FT%TZ))"
-  echo
-  echo "device: $("$PY" -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')"
-  echo "command: scripts/gpu_train.sh OUTDIR $MINUTES $DEVICE (COMPILE=${COMPILE:-0})"
-  echo "wall time: training $((trained - started)) s, total $(( $(date +%s) - started )) s"
-  echo
-  for name in tiny-dimr tiny-baseline; do
-    echo "$name: $(cat "checkpoints/$name/training.json" | tr -d '\n ')"
-    echo "  last log line: $(tail -n 1 "$WORK/$name/log.jsonl")"
-  done
-  echo "classifier: $(grep -o '"validation_accuracy": [0-9.]*' checkpoints/shapes-classifier/config.json)"
-  echo
-  "$PY" - "$WORK" <<'PYEOF'
-import json, sys
-work = sys.argv[1]
-print("| model | distortion rate | 95% CI (Wilson) | flagged / samples |")
-print("|---|---|---|---|")
-for model in ("real", "tiny-dimr", "tiny-baseline"):
-    r = json.load(open(f"{work}/distortion_{model}.json"))
-    print(f"| {model} | {100 * r['rate']:.1f}% | {100 * r['ci95'][0]:.1f}%-{100 * r['ci95'][1]:.1f}% | {r['flagged']} / {r['samples']} |")
-PYEOF
-} > "$OUT/summary.md"
-cat "$OUT/summary.md"
-
+# Pack the models first: they come back even if the evaluation below fails.
 tar -cf "$OUT/tiny-dimr.tar" checkpoints/tiny-dimr
 tar -cf "$OUT/tiny-baseline.tar" checkpoints/tiny-baseline
+
+# One process for everything after training: grids, distortion rates, summary (imports once).
+evaluated=0
+"$PY" - "$DEVICE" "$SAMPLES" "$WORK" "$MINUTES" "$((trained - started))" "${COMPILE:-0}" > "$OUT/summary.md" <<'PYEOF' && evaluated=1
+import json, sys, time
+import torch
+from dimr.classifier import load_classifier
+from dimr.distortion import distortion_rate, format_result, generated_images, real_images
+from dimr.loading import load_pipeline
+from dimr.train import class_grid, device_name, save_png, tile
+
+device, samples, work, minutes, train_seconds, compile_flag = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+start = time.monotonic()
+print(f"# Distortion lab training run ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
+print(f"- device: {device_name(device)}; torch {torch.__version__}")
+print(f"- command: `scripts/gpu_train.sh OUTDIR {minutes} {device}` (COMPILE={compile_flag})")
+for name in ("tiny-dimr", "tiny-baseline"):
+    info = json.load(open(f"checkpoints/{name}/training.json"))
+    logs = [json.loads(line) for line in open(f"{work}/{name}/log.jsonl")]
+    rates = [r["steps_per_s"] for r in logs[1:]] or [logs[-1]["steps_per_s"]]
+    print(f"- {name}: {info['steps']} steps x batch {info['batch_size']} = {info['images_seen']:,} images in "
+          f"{info['train_minutes']} min ({sum(rates) / len(rates):.1f} steps/s on average beside the other model); "
+          f"last loss {logs[-1]['loss']} (per branch {logs[-1]['branch_losses']})")
+    pipe = load_pipeline(name, device=device)
+    save_png(class_grid(pipe.model), f"assets/shapes_{name.replace('-', '_')}.png")
+classifier_info = json.load(open("checkpoints/shapes-classifier/config.json"))
+print(f"- classifier: validation accuracy {classifier_info['validation_accuracy']} on "
+      f"{classifier_info['validation_images']} held-out shapes")
+print(f"- wall time: training phase {train_seconds} s (both models and the classifier)\n")
+classifier = load_classifier(device=device)
+results = {}
+for model in ("real", "tiny-dimr", "tiny-baseline"):
+    if model == "real":
+        images, labels = real_images(samples)
+    else:
+        images, labels = generated_images(model, samples, device=device, progress=False)
+    results[model] = distortion_rate(images, labels, classifier)
+    save_png(tile(images, 10, scale=2), f"{work}/distortion_{model}.png")
+    json.dump({"model": model, **results[model]}, open(f"{work}/distortion_{model}.json", "w"), indent=1)
+    print(format_result(model, results[model]).replace("\n", "\n\n") + "\n")
+print("| model | distortion rate | 95% CI (Wilson) | flagged / samples |")
+print("|---|---|---|---|")
+for model, r in results.items():
+    print(f"| {model} | {100 * r['rate']:.1f}% | {100 * r['ci95'][0]:.1f}%-{100 * r['ci95'][1]:.1f}% | "
+          f"{r['flagged']} / {r['samples']} |")
+print(f"\n(samples: {samples} per model, 25 steps, dpm++2m, guidance 1.5, seed 0; evaluation took "
+      f"{time.monotonic() - start:.0f} s)")
+PYEOF
+echo "total wall time: $(( $(date +%s) - started )) s" >> "$OUT/summary.md"
+cat "$OUT/summary.md"
+
 rm -rf "$WORK/sync"
-tar -cf "$OUT/extras.tar" checkpoints/shapes-classifier assets/shapes_tiny_dimr.png assets/shapes_tiny_baseline.png \
-  --exclude='checkpoint' "$WORK"
-cp assets/shapes_tiny_dimr.png assets/shapes_tiny_baseline.png "$OUT/"
+grids=()
+for name in tiny_dimr tiny_baseline; do
+  [[ -f "assets/shapes_$name.png" ]] && grids+=("assets/shapes_$name.png") && cp "assets/shapes_$name.png" "$OUT/"
+done
+tar -cf "$OUT/extras.tar" checkpoints/shapes-classifier "${grids[@]}" --exclude='checkpoint' "$WORK"
 ls -l "$OUT"
+[[ $evaluated == 1 ]] || { echo "the evaluation failed (models are packed; see the output above)" >&2; exit 1; }
