@@ -45,3 +45,15 @@ def test_bundled_classifier_is_accurate_on_held_out_shapes():
     config = json.loads((CHECKPOINTS_DIR / "shapes-classifier" / "config.json").read_text())
     assert config["validation_accuracy"] >= 0.99 and config["validation_images"] >= 5000
     assert load_classifier().config["num_classes"] == len(CLASS_NAMES)
+
+
+def test_tiny_dimr_draws_recognisable_shapes():
+    """The demo's promise: asked for a class, the bundled tiny DiMR draws that shape (judged by the classifier)."""
+    from dimr.distortion import distortion_rate, generated_images
+
+    images, labels = generated_images("tiny-dimr", 20, num_inference_steps=25, guidance_scale=1.5, device="cpu",
+                                      progress=False)
+    result = distortion_rate(images, labels, load_classifier())
+    recognised_classes = [name for name, (flagged, total) in result["per_class"].items() if flagged < total]
+    assert result["flagged"] <= 10, result
+    assert len(recognised_classes) >= 8, result
