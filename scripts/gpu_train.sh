@@ -50,18 +50,20 @@ done
 "$PY" -m dimr.classifier --device "$DEVICE" --images 100000 --epochs 6 ${CLASSIFIER_ARGS:-} \
   > "$WORK/classifier.log" 2>&1 &
 pids+=($!)
-failed=0
-for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+names=(tiny-dimr tiny-baseline classifier)
+failed=()
+for i in "${!pids[@]}"; do wait "${pids[$i]}" || failed+=("${names[$i]}"); done
 for log in "$WORK"/*.log; do echo "== $log"; tail -n 5 "$log"; done
-if [[ $failed == 1 ]]; then
-  tar -cf "$OUT/extras.tar" "$WORK"
-  echo "a training process failed; logs are in $OUT/extras.tar" >&2
+trained=$(date +%s)
+# Pack each model that trained, first: they come back even if something later fails.
+for name in tiny-dimr tiny-baseline; do
+  [[ " ${failed[*]} " == *" $name "* ]] || tar -cf "$OUT/$name.tar" "checkpoints/$name"
+done
+if (( ${#failed[@]} )); then
+  tar -cf "$OUT/extras.tar" --exclude='checkpoint' "$WORK"
+  echo "training failed for: ${failed[*]}; logs are in $OUT/extras.tar" >&2
   exit 1
 fi
-trained=$(date +%s)
-# Pack the models first: they come back even if the evaluation below fails.
-tar -cf "$OUT/tiny-dimr.tar" checkpoints/tiny-dimr
-tar -cf "$OUT/tiny-baseline.tar" checkpoints/tiny-baseline
 
 # One process for everything after training: grids, distortion rates, summary (imports once).
 evaluated=0
