@@ -445,7 +445,7 @@ def class_grid(model, per_class=8, num_inference_steps=25, guidance_scale=1.5, s
 
 def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resume=False, export_dir=None,
           compile=False, sync_dir=None, log_every=None, checkpoint_minutes=10.0, sample_minutes=30.0,
-          progress=True):
+          progress=True, init_from=None):
     """Train (or continue) a run until max_steps or max_minutes; checkpoint, sample and export on the way.
 
     Returns the Trainer. Writes to run_dir: checkpoint/ (resumable), log.jsonl, samples/step_N.png.
@@ -459,6 +459,15 @@ def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resum
         print(f"resumed {run_dir} at step {trainer.step} ({trainer.train_seconds / 60:.1f} min trained so far)")
     elif resume:
         print(f"nothing to resume in {run_dir}; starting from scratch")
+    if init_from and trainer.step == 0:
+        # Continue a finished run whose resumable state was not kept (e.g. from another machine): weights
+        # and EMA start from its exported model; optimizer, warm-up and step count start afresh.
+        from safetensors.torch import load_file
+
+        weights = load_file(Path(init_from) / "diffusion_pytorch_model.safetensors", device=str(trainer.device))
+        trainer.model.load_state_dict(weights)
+        trainer.ema.load_state_dict(weights)
+        print(f"initialised {config['name']} from {init_from}")
     max_steps = max_steps or config["train"]["max_steps"]
     log_every = log_every or (100 if trainer.cuda else 10)
     lockstep = Lockstep(sync_dir, config["name"], every=log_every) if sync_dir else None
@@ -554,6 +563,7 @@ def add_cli_arguments(parser):
     parser.add_argument("--batch-size", type=int, help="override train.batch_size (e.g. smaller for CPU runs)")
     parser.add_argument("--num-images", type=int, help="override data.num_images (e.g. for smoke tests)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint if it exists")
+    parser.add_argument("--init-from", help="start from the weights of an exported model directory")
     parser.add_argument("--run-dir", help="where checkpoints, logs and sample grids go (default runs/NAME)")
     parser.add_argument("--export", help="export the EMA model here at the end (default checkpoints/NAME; 'none' to skip)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step (CUDA; falls back to eager)")
@@ -591,5 +601,5 @@ def cli_main(args):
           max_minutes=args.max_minutes, resume=args.resume, export_dir=None if export == "none" else export,
           compile=args.compile, sync_dir=args.sync_dir, log_every=args.log_every,
           checkpoint_minutes=args.checkpoint_minutes, sample_minutes=args.sample_minutes,
-          progress=not args.no_progress)
+          progress=not args.no_progress, init_from=args.init_from)
     return 0

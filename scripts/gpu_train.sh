@@ -38,12 +38,14 @@ PYEOF
 
 compile=()
 [[ "${COMPILE:-0}" == 1 ]] && compile=(--compile)
+# CONTINUE=1: start from the models already exported in checkpoints/ (their resumable state stays behind).
+continue_from() { [[ "${CONTINUE:-0}" == 1 ]] && echo "--init-from checkpoints/$1"; return 0; }
 pids=()
 for name in tiny-dimr tiny-baseline; do
   # shellcheck disable=SC2086
   "$PY" -m dimr train --config "configs/$name.json" --device "$DEVICE" --max-minutes "$MINUTES" \
     --run-dir "$WORK/$name" --export "checkpoints/$name" --sync-dir "$WORK/sync" --sample-minutes 2 \
-    --no-progress "${compile[@]}" ${TRAIN_ARGS:-} > "$WORK/$name.log" 2>&1 &
+    --no-progress "${compile[@]}" $(continue_from "$name") ${TRAIN_ARGS:-} > "$WORK/$name.log" 2>&1 &
   pids+=($!)
 done
 # shellcheck disable=SC2086
