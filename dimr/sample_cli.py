@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .acceleration import MODES, accelerate_pipeline, default_mode, mode_dtype
 from .loading import MODELS, load_pipeline
 from .pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def add_cli_arguments(parser):
@@ -39,18 +38,21 @@ def add_cli_arguments(parser):
                         help="how many evenly spaced steps to show in --branches (default 8)")
     parser.add_argument("--vae", help="local VAE directory or weights file (latent models; default sd-vae-ft-ema)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                        help="network precision; bfloat16 only on a GPU")
+    parser.add_argument("--speed", choices=MODES,
+                        help="acceleration mode (default: 'fast' on a GPU: bf16, compiled, CUDA graphs; 'none' on a CPU)")
 
 
 def cli_main(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.dtype == "bfloat16" and device.type == "cpu":
-        raise ValueError("--dtype bfloat16 is for GPUs; on a CPU it is far slower than float32")
+    mode = args.speed or default_mode(device)
+    if mode != "none" and device.type != "cuda":
+        raise ValueError(f"--speed {mode} needs a GPU; on a CPU only 'none' (float32) is sensible")
     if args.branch_steps < 1:
         raise ValueError(f"--branch-steps must be at least 1, got {args.branch_steps}")
-    pipe = load_pipeline(args.model, device=device, torch_dtype=DTYPES[args.dtype], vae=args.vae,
-                         scheduler=args.sampler)
+    pipe = accelerate_pipeline(
+        load_pipeline(args.model, device=device, torch_dtype=mode_dtype(mode), vae=args.vae, scheduler=args.sampler),
+        mode,
+    )
     # Validate before the slow part, so a typo in a class name fails at once.
     ids = pipe.check_inputs(args.classes, args.guidance, args.guidance_schedule, args.guidance_power, args.steps)
     out = pipe(ids, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,

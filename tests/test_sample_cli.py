@@ -58,3 +58,10 @@ def test_command_line_shows_a_progress_bar_and_works_offline(pixel_dir, tmp_path
     assert run.returncode == 0, run.stderr
     assert "4/4" in run.stderr  # tqdm's final state
     assert Image.open(tmp_path / "one.png").size == (16, 16)
+
+
+def test_gpu_speed_modes_are_refused_on_a_cpu(pixel_dir, tmp_path, capsys):
+    code = main(["sample", "--model", str(pixel_dir), "--class", "circle", "--device", "cpu", "--speed", "bf16",
+                 "--out", str(tmp_path / "g.png")])
+    assert code == 2
+    assert "--speed bf16 needs a GPU" in capsys.readouterr().err
