@@ -6,9 +6,10 @@
 In the spirit of the paper's "distortion rate" (the share of samples a classifier trained on real images
 flags as low fidelity): a sample is distorted when the classifier's probability of the class it was asked
 for is below 0.5. At 0.5 the intended class is less likely than all others together: the shape is either
-another shape or none at all. The classifier is trained on real shapes only and is confident on them (its
-validation share below 0.5 is in checkpoints/shapes-classifier/config.json), so real data scores near 0% and a
-flag means the sample itself is off, not the judge.
+another shape or none at all. The classifier is trained on real shapes only (with mild pixel noise added, so
+that the faint residual noise of samples does not count as distortion; the shape has to be wrong) and is
+confident on them (see checkpoints/shapes-classifier/config.json), so real data scores 0% and a flag means the
+sample itself is off, not the judge.
 
 Classes are spread evenly over the samples (sample i asks for class i mod 10) and the initial noise comes from
 one fixed seed, so two models are judged on the same noise and classes. The rate is printed with a 95% Wilson
