@@ -105,6 +105,16 @@ def test_generate_returns_named_images_and_the_branch_panel(client):
     assert "tiny-dimr: 6 images, 5 steps" in status and "seed 7" in status
 
 
+def test_previews_stream_in_while_sampling(client):
+    job = client.submit(**{**FAST, "num_inference_steps": 250}, api_name="/generate")
+    samples = job.result()[0]
+    previews = [output[0] for output in job.outputs()[:-1] if isinstance(output[0], list)]
+    assert previews, "no preview arrived during 250 steps"
+    steps = [int(preview[0]["caption"].removeprefix("ring · step ").split("/")[0]) for preview in previews]
+    assert steps == sorted(steps) and 1 <= steps[0] and steps[-1] <= 250
+    assert [s["caption"] for s in samples] == ["ring"]
+
+
 def test_same_seed_same_images_other_seed_other_images(client):
     def pixels(seed):
         samples = generate(client, classes=["star", "dots"], seed=seed, num_inference_steps=4)[0]

@@ -58,13 +58,12 @@ def test_pick_a_class_generate_and_see_every_branch(browser_page, tmp_path):
     with running_app(tmp_path) as (url, _):
         page.goto(url)
         classes = page.locator("#classes")
-        classes.get_by_title("Clear").click()  # drop the default classes, then search for one
-        classes.get_by_role("combobox").fill("ring")
-        page.get_by_role("option", name="ring (4)").click()
-        expect(classes.locator(".token")).to_have_text(["ring (4)"])
-        per_class = page.locator("#images-per-class").get_by_role("spinbutton")
-        per_class.fill("3")
-        per_class.press("Enter")
+        classes.get_by_title("Clear").click()  # drop the default classes, then search for others
+        for name, option in [("ring", "ring (4)"), ("sta", "star (3)"), ("checker", "checkerboard (8)")]:
+            classes.get_by_role("combobox").fill(name)
+            page.get_by_role("option", name=option).click()
+        expect(classes.locator(".token")).to_have_text(["ring (4)", "star (3)", "checkerboard (8)"])
+        page.keyboard.press("Escape")  # close the option list
         page.locator("#generate-button").click()
 
         # Three samples, then one panel row per sample: the 8x8, 16x16 and 32x32 branches and the final output.
@@ -72,13 +71,16 @@ def test_pick_a_class_generate_and_see_every_branch(browser_page, tmp_path):
         expect(page.locator("#gallery img")).to_have_count(3)
         expect(page.locator("#gallery")).to_contain_text("ring")
         expect(page.locator("#branch-panel img")).to_have_count(3 * 4)
-        for caption in ["8x8 branch", "16x16 branch", "32x32 branch", "final: ring"]:
+        for caption in ["8x8 branch", "16x16 branch", "32x32 branch"]:
             expect(page.locator("#branch-panel").get_by_text(caption, exact=True)).to_have_count(3)
+        for caption in ["final: ring", "final: star", "final: checkerboard"]:
+            expect(page.locator("#branch-panel").get_by_text(caption, exact=True)).to_have_count(1)
         for image in page.locator("#gallery img, #branch-panel img").all():
             expect(image).to_have_js_property("complete", True)
             assert image.evaluate("i => i.naturalWidth") == 256
         final_panel = image_sources(page, "#branch-panel")
 
+        page.mouse.move(0, 0)  # no hover highlight in the screenshot
         save_screenshot(page, "", tmp_path)
 
         # An early step, from what the run kept: the coarse branch's blocks, no sampling (the status is unchanged).
@@ -94,14 +96,13 @@ def test_pick_a_class_generate_and_see_every_branch(browser_page, tmp_path):
         expect(page.locator("#status")).to_contain_text("tiny-dimr: 3 images, 25 steps")
 
         # Compare: the tiny DiMR and the baseline, same classes (the four default shapes) and seed, side by side.
-        per_class.fill("1")
-        per_class.press("Enter")
         page.get_by_role("tab", name="Compare with the baseline").click()
         page.locator("#compare-button").click()
         expect(page.locator("#compare-status")).to_contain_text("tiny-baseline: 4 images", timeout=SAMPLING_TIMEOUT_MS)
         for side in ("#compare-dimr", "#compare-baseline"):
             expect(page.locator(f"{side} img")).to_have_count(4)
             expect(page.locator(side)).to_contain_text("checkerboard")
+        page.mouse.move(0, 0)
         save_screenshot(page, "-compare", tmp_path)
         page.get_by_role("tab", name="Generate").click()
 
