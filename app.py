@@ -212,8 +212,8 @@ def build():
                                                 label="Branch panel: after step")
                         panel_note = gr.Markdown("", elem_id="panel-note")
                         panel = gr.Gallery(label="What each branch predicts", columns=4, height="fit-content",
-                                           format="png", object_fit="contain", elem_id="branch-panel", elem_classes="pixelated",
-                                           buttons=["download", "fullscreen"])
+                                           format="png", object_fit="contain", elem_id="branch-panel",
+                                           elem_classes="pixelated", buttons=["download", "fullscreen"])
                     with gr.Tab("Compare with the baseline", elem_id="compare-tab"):
                         gr.Markdown(COMPARE_HELP)
                         compare_classes = gr.Dropdown(demo.class_choices(shapes_model),
