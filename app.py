@@ -56,6 +56,11 @@ THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui",
 APP_LIMITS = f"at most {demo.MAX_IMAGES} images and {demo.MAX_STEPS} steps per request"
 
 
+# The API's handlers (generate, compare) return plain values only, never gr.update / gr.skip / components for
+# non-State outputs: for each of those Gradio 6.31 builds a component that it keeps in the session's config, so a
+# long-lived client session grew by about 80 KB per request. Layout updates run in browser-only events instead.
+
+
 def checked(fn, *args, **kwargs):
     """Call fn; a bad request or an unavailable model becomes a gr.Error with the clear message it carries."""
     try:
@@ -86,11 +91,8 @@ def as_files(captioned_images):
 
 
 def sample(request, progress):
-    """Yield ('loaded', None) once the model is ready, ('preview', captioned images) while sampling, then
-    ('done', Generation)."""
+    """Yield ('preview', captioned images) while sampling, then ('done', Generation)."""
     progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
-    checked(demo.load, request.model, request.sampler)  # kept loaded: stream() below gets it at once
-    yield "loaded", None
     updates = checked(demo.stream, request)
     while True:
         update = checked(next, updates, None)
@@ -114,14 +116,17 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
                       guidance_power, num_inference_steps, seed, sampler)
     steps = request.num_inference_steps
     for kind, value in sample(request, progress):
-        if kind == "loaded":
-            # Layout first, so that the final values below are plain lists and numbers for API callers.
-            yield (gr.skip(), gr.Gallery(columns=len(demo.model_branches(request.model)) + 1),
-                   gr.Slider(maximum=steps, value=steps, interactive=steps > 1), gr.skip(), gr.skip())
-        elif kind == "preview":
-            yield value, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if kind == "preview":  # the panel of the previous run is cleared: it will belong to this one
+            yield value, [], steps, f"Sampling with {request.model}…", gr.skip()
         else:
             yield as_files(value.gallery()), as_files(value.branch_panel()), steps, demo.describe(value), value
+
+
+def fit_panel(generation):
+    """The panel's columns and step slider for the run just shown (browser only: not part of the API)."""
+    steps = generation.request.num_inference_steps
+    return (gr.update(columns=generation.columns), gr.update(maximum=steps, value=steps, interactive=steps > 1),
+            f"Branch panel after step {steps} of {steps}.")
 
 
 def show_step(generation, step):
@@ -130,7 +135,7 @@ def show_step(generation, step):
         raise gr.Error("Generate images first; the panel then shows any step of that run.")
     shown = generation.panel_step(step)
     note = "" if shown == step else f" (nearest step with branch images: {shown})"
-    return (gr.Gallery(value=as_files(generation.branch_panel(shown)), columns=generation.columns),
+    return (as_files(generation.branch_panel(shown)),
             f"Branch panel after step {shown} of {generation.request.num_inference_steps}{note}.")
 
 
@@ -141,21 +146,21 @@ def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidan
     requests = [checked(demo.Request.check, name, classes, images_per_class, guidance_scale, guidance_schedule,
                         guidance_power, num_inference_steps, seed, sampler)
                 for name in (demo.TINY_DIMR, demo.TINY_BASELINE)]
-    galleries, lines = [gr.skip(), gr.skip()], []
+    galleries, lines = [[], []], []
     for k, request in enumerate(requests):
         for kind, value in sample(request, progress):
             if kind == "preview":
                 galleries[k] = value
-            elif kind == "done":
+            else:
                 galleries[k] = as_files(value.gallery())
                 lines.append(demo.describe(value))
-            yield *galleries, "  \n".join(lines) or gr.skip()
+            yield *galleries, "  \n".join(lines) or f"Sampling with {request.model}…"
 
 
 def on_model_change(model):
     labels = checked(demo.model_labels, model)
-    return (gr.Dropdown(choices=demo.class_choices(model), value=demo.default_classes(model),
-                        label=f"Classes ({len(labels)}; type to search names and synonyms)"),
+    return (gr.update(choices=demo.class_choices(model), value=demo.default_classes(model),
+                      label=f"Classes ({len(labels)}; type to search names and synonyms)"),
             model_note(model))
 
 
@@ -232,9 +237,10 @@ def build():
         settings = [per_class, guidance_scale, schedule, power, steps, seed, sampler]
         # preprocess=False: the handlers get the raw values, so API callers see the pipeline's own messages
         # (which value, what is allowed) instead of a generic component error.
-        generate_button.click(generate, [model_box, class_box, *settings],
-                              [gallery, panel, step_slider, status, generation], api_name="generate",
-                              preprocess=False, concurrency_id="device", concurrency_limit=1)
+        generated = generate_button.click(generate, [model_box, class_box, *settings],
+                                          [gallery, panel, step_slider, status, generation], api_name="generate",
+                                          preprocess=False, concurrency_id="device", concurrency_limit=1)
+        generated.success(fit_panel, generation, [panel, step_slider, panel_note], api_visibility="private")
         compare_button.click(compare, [compare_classes, *settings], [dimr_gallery, baseline_gallery, compare_status],
                              api_name="compare", preprocess=False, concurrency_id="device", concurrency_limit=1)
         step_slider.input(show_step, [generation, step_slider], [panel, panel_note], api_visibility="private",
@@ -242,7 +248,7 @@ def build():
         model_box.change(on_model_change, model_box, [class_box, model_info], api_visibility="private")
         random_button.click(pick_random_classes, [model_box, class_box], class_box, api_visibility="private")
         dice.click(lambda: random.randint(0, demo.MAX_SEED), None, seed, api_visibility="private")
-        schedule.change(lambda name: gr.Slider(interactive=name == "power-cosine"), schedule, power,
+        schedule.change(lambda name: gr.update(interactive=name == "power-cosine"), schedule, power,
                         api_visibility="private")
     return blocks
 
