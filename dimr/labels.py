@@ -59,7 +59,7 @@ class ClassLabels:
     def _id_of_name(self, name):
         ids = self._ids.get(name.lower())
         if not ids:
-            raise ValueError(f"unknown class name {name!r}: not among the {len(self)} {self.source} classes "
+            raise ValueError(f"unknown class name {name!r}: not one of {self.source} {len(self)} classes "
                              f"{self._examples(name)}; a class id 0..{len(self) - 1} is also accepted")
         if len(ids) > 1:
             options = ", ".join(f"{i} ({self.name(i)})" for i in ids)

@@ -251,6 +251,8 @@ class DiMRPipeline(DiffusionPipeline):
         trace_branches = return_branches or bool(want & {"branch_noise_pred", "branch_x0_pred"})
         scales = self.model.branch_scales
         trace_eps, trace_x0 = [[] for _ in scales], [[] for _ in scales]
+        # Checked before sampling, so a bad step index fails at once.
+        image_steps = branch_step_indices(len(timesteps), branch_steps) if return_branches else []
         self._interrupt = False
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
@@ -285,7 +287,8 @@ class DiMRPipeline(DiffusionPipeline):
                                 noise_pred=[torch.stack(eps) for eps in trace_eps],
                                 x0_pred=[torch.stack(x0) for x0 in trace_x0])
             if output_type != "latent":
-                trace.image_steps = branch_step_indices(trace, branch_steps)
+                # Steps past an interrupt were never run, so they cannot be shown.
+                trace.image_steps = [s for s in image_steps if s < len(trace.timesteps)]
                 trace.images = self.decode_branch_trace(trace, trace.image_steps, output_type)
         images = latents if output_type == "latent" else self.decode(latents, output_type)
         self.maybe_free_model_hooks()
@@ -325,7 +328,7 @@ class DiMRPipeline(DiffusionPipeline):
 
     def decode_branch_trace(self, trace, steps=None, output_type="pil"):
         """Decode the chosen steps (default all) of a BranchTrace; returns images[j][l] (see module docstring)."""
-        steps = branch_step_indices(trace, steps)
+        steps = branch_step_indices(len(trace.timesteps), steps)
         if not steps:
             return []
         full = trace.x0_pred[-1].shape[-2:]
@@ -338,9 +341,8 @@ class DiMRPipeline(DiffusionPipeline):
         return [per_branch[j * branches : (j + 1) * branches] for j in range(len(steps))]
 
 
-def branch_step_indices(trace, steps=None):
-    """Step indices into a BranchTrace, negative ones counted from the end; None = all."""
-    num_steps = len(trace.timesteps)
+def branch_step_indices(num_steps, steps=None):
+    """Step indices into a BranchTrace of num_steps steps, negative ones counted from the end; None = all."""
     if steps is None:
         return list(range(num_steps))
     for step in steps:

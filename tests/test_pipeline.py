@@ -262,6 +262,19 @@ def test_a_callback_can_stop_sampling_early(latent_pipe):
     assert len(out.branches.timesteps) == 2
 
 
+def test_a_stopped_run_shows_only_the_branch_steps_it_reached():
+    pipe = quiet(DiMRPipeline(tiny_pixel_model(), vae=None))
+
+    def stop(pipe, i, t, tensors):
+        pipe._interrupt = i == 1
+        return {}
+
+    out = pipe([0], num_inference_steps=5, output_type="np", return_branches=True, branch_steps=[0, 1, 4],
+               callback_on_step_end=stop)
+    assert out.branches.image_steps == [0, 1]
+    assert len(out.branches.images) == 2
+
+
 BAD_INPUTS = [
     (dict(class_labels=["no such animal"]), "unknown class name 'no such animal'"),
     (dict(class_labels=[1000]), "1000 is the null class"),
