@@ -53,6 +53,7 @@ TRAIN_DEFAULTS = {
     "weight_decay": 0.03,
     "betas": [0.9, 0.99],
     "warmup_steps": 500,
+    "decay_steps": 0,  # linear decay of the learning rate to 0 over the last decay_steps steps; 0: constant
     "ema_decay": 0.999,
     "label_dropout": 0.1,
     "grad_clip": 1.0,
@@ -111,9 +112,13 @@ def prepare_config(raw):
         train["loss_coeffs"] = [0.25] * (num_branches - 1) + [1.0]
     if len(train["loss_coeffs"]) != num_branches:
         raise ValueError(f"train.loss_coeffs has {len(train['loss_coeffs'])} entries but the model has {num_branches} branches")
-    for field in ("batch_size", "max_steps", "warmup_steps"):
-        if not isinstance(train[field], int) or train[field] < (0 if field == "warmup_steps" else 1):
-            raise ValueError(f"train.{field} must be a positive integer, got {train[field]!r}")
+    for field, minimum in (("batch_size", 1), ("max_steps", 1), ("warmup_steps", 0), ("decay_steps", 0)):
+        if not isinstance(train[field], int) or train[field] < minimum:
+            raise ValueError(f"train.{field} must be an integer >= {minimum}, got {train[field]!r}")
+    if train["decay_steps"] > train["max_steps"]:
+        raise ValueError(f"train.decay_steps ({train['decay_steps']}) cannot exceed train.max_steps ({train['max_steps']})")
+    if not train["lr"] > 0:
+        raise ValueError(f"train.lr must be positive, got {train['lr']!r}")
     if not 0 <= train["label_dropout"] < 1:
         raise ValueError(f"train.label_dropout must be in [0, 1), got {train['label_dropout']}")
     if not 0 <= train["ema_decay"] < 1:
@@ -269,6 +274,7 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(t["seed"])
         self.step = 0
         self.train_seconds = 0.0
+        self.init_from = None  # the exported model this run started from, if any
         self.loss_fn = diffusion_loss
         if compile:
             self._try_compile()
@@ -293,8 +299,11 @@ class Trainer:
             return self.loss_fn(self.model, *batch, self.alphas_cumprod, self.config["train"]["loss_coeffs"])
 
     def lr_at(self, step):
+        """Linear warm-up, then constant, then (with decay_steps) linear decay reaching 0 at max_steps."""
         t = self.config["train"]
-        return t["lr"] * min(1.0, (step + 1) / max(1, t["warmup_steps"]))
+        warm_up = min(1.0, (step + 1) / max(1, t["warmup_steps"]))
+        decay = min(1.0, (t["max_steps"] - step) / t["decay_steps"]) if t["decay_steps"] else 1.0
+        return t["lr"] * warm_up * decay
 
     def train_step(self, batch=None):
         """One optimizer step; returns (loss, branch losses) as device tensors (no host sync)."""
@@ -347,7 +356,7 @@ class Trainer:
         save_file({"generator": self.generator.get_state()}, tmp / "rng.safetensors")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         state = {"step": self.step, "train_seconds": self.train_seconds, "device": self.device.type,
-                 "config": self.config}
+                 "config": self.config, "init_from": self.init_from}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         old = self.run_dir / "checkpoint.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -373,6 +382,7 @@ class Trainer:
         optimizer_state = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(optimizer_state)
         self.step, self.train_seconds = state["step"], state["train_seconds"]
+        self.init_from = state.get("init_from")
         if state["device"] == self.device.type:
             self.generator.set_state(load_file(path / "rng.safetensors")["generator"])
         else:
@@ -380,15 +390,30 @@ class Trainer:
             self.generator.manual_seed(self.config["train"]["seed"] * 1_000_003 + self.step)
 
     def export(self, out_dir):
-        """Save the EMA model as a loadable checkpoint (config.json with class names + safetensors)."""
+        """Save the EMA model as a loadable checkpoint (config.json with class names + safetensors).
+
+        training.json describes this session; when the run continued an exported model (init_from), it also
+        keeps that model's sessions and totals, so the history of the weights is never lost.
+        """
         out_dir = Path(out_dir)
         tmp = out_dir.with_name(out_dir.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         export_model = copy.deepcopy(self.ema).to("cpu", memory_format=torch.contiguous_format)
         export_model.save_pretrained(tmp, safe_serialization=True)
-        info = {"config": self.config["name"], "steps": self.step, "batch_size": self.config["train"]["batch_size"],
-                "images_seen": self.step * self.config["train"]["batch_size"],
-                "train_minutes": round(self.train_seconds / 60, 2), "device": device_name(self.device)}
+        t = self.config["train"]
+        info = {"config": self.config["name"], "steps": self.step, "batch_size": t["batch_size"],
+                "images_seen": self.step * t["batch_size"], "train_minutes": round(self.train_seconds / 60, 2),
+                "device": device_name(self.device), "lr": t["lr"], "warmup_steps": t["warmup_steps"],
+                "decay_steps": t["decay_steps"]}
+        previous = Path(self.init_from or "") / "training.json"
+        if self.init_from and previous.is_file():
+            before = json.loads(previous.read_text())
+            sessions = before.get("sessions") or [before]
+            session = {**info, "init_from": str(self.init_from)}
+            info["sessions"] = [*sessions, {k: v for k, v in session.items() if k != "config"}]
+            info["total_steps"] = sum(x["steps"] for x in info["sessions"])
+            info["total_images_seen"] = sum(x["steps"] * x["batch_size"] for x in info["sessions"])
+            info["total_train_minutes"] = round(sum(x["train_minutes"] for x in info["sessions"]), 2)
         (tmp / "training.json").write_text(json.dumps(info, indent=1) + "\n")
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
@@ -453,6 +478,10 @@ def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resum
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
+    if max_steps:
+        # The learning-rate schedule decays towards the run's last step.
+        config = prepare_config({**config, "train": {**config["train"], "max_steps": max_steps}})
+    max_steps = config["train"]["max_steps"]
     trainer = Trainer(config, run_dir, device, compile=compile)
     if resume and (trainer.checkpoint_dir / "state.json").is_file():
         trainer.load_checkpoint()
@@ -467,8 +496,8 @@ def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resum
         weights = load_file(Path(init_from) / "diffusion_pytorch_model.safetensors", device=str(trainer.device))
         trainer.model.load_state_dict(weights)
         trainer.ema.load_state_dict(weights)
+        trainer.init_from = str(init_from)
         print(f"initialised {config['name']} from {init_from}")
-    max_steps = max_steps or config["train"]["max_steps"]
     log_every = log_every or (100 if trainer.cuda else 10)
     lockstep = Lockstep(sync_dir, config["name"], every=log_every) if sync_dir else None
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -562,6 +591,10 @@ def add_cli_arguments(parser):
     parser.add_argument("--max-steps", type=int, help="total steps to reach (default: the config's train.max_steps)")
     parser.add_argument("--batch-size", type=int, help="override train.batch_size (e.g. smaller for CPU runs)")
     parser.add_argument("--num-images", type=int, help="override data.num_images (e.g. for smoke tests)")
+    parser.add_argument("--lr", type=float, help="override train.lr")
+    parser.add_argument("--warmup-steps", type=int, help="override train.warmup_steps")
+    parser.add_argument("--decay-steps", type=int,
+                        help="override train.decay_steps: decay the learning rate linearly to 0 over the last N steps")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint if it exists")
     parser.add_argument("--init-from", help="start from the weights of an exported model directory")
     parser.add_argument("--run-dir", help="where checkpoints, logs and sample grids go (default runs/NAME)")
@@ -582,10 +615,12 @@ def cli_main(args):
         params, flops = model_cost(config["model"])
         print(f"{config['name']}: {params:,} parameters, {flops:,} FLOPs per {config['model']['channels']}x32x32 forward")
         return 0
-    if args.batch_size:
-        config["train"]["batch_size"] = args.batch_size
-    if args.num_images:
-        config["data"]["num_images"] = args.num_images
+    for section, field, value in (("train", "batch_size", args.batch_size), ("data", "num_images", args.num_images),
+                                  ("train", "lr", args.lr), ("train", "warmup_steps", args.warmup_steps),
+                                  ("train", "decay_steps", args.decay_steps), ("train", "max_steps", args.max_steps)):
+        if value is not None:
+            config[section][field] = value
+    config = prepare_config(config)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device

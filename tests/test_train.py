@@ -59,6 +59,23 @@ def test_config_fills_classes_and_default_loss_coeffs_and_rejects_mismatches():
         tiny_config(learning_rate=0.1)
 
 
+def test_learning_rate_warms_up_holds_and_decays_to_zero_at_the_last_step(tmp_path):
+    trainer = Trainer(tiny_config(lr=1e-3, warmup_steps=2, max_steps=10, decay_steps=4), tmp_path)
+    rates = [trainer.lr_at(step) for step in range(10)]
+    assert rates == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    constant = Trainer(tiny_config(lr=1e-3, warmup_steps=2, max_steps=10), tmp_path)
+    assert constant.lr_at(9) == constant.lr_at(2) == 1e-3
+
+
+def test_config_rejects_a_decay_longer_than_the_run_and_a_nonpositive_lr():
+    with pytest.raises(ValueError, match=r"train.decay_steps \(20\) cannot exceed train.max_steps \(10\)"):
+        tiny_config(max_steps=10, decay_steps=20)
+    with pytest.raises(ValueError, match="train.decay_steps must be an integer >= 0, got -1"):
+        tiny_config(decay_steps=-1)
+    with pytest.raises(ValueError, match="train.lr must be positive, got 0"):
+        tiny_config(lr=0)
+
+
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path):
     trainer = Trainer(tiny_config(lr=3e-3), tmp_path)
     batch = trainer.draw_batch()
@@ -141,3 +158,34 @@ def test_bundled_configs_match_in_parameters_and_flops_and_fit_the_size_limit():
     (single,) = baseline["model"]["stage_configs"]
     assert single["input_feature_ratio"] == single["head_patch_size"] == transformer["input_feature_ratio"] == 4
     assert [s["block_type"] for s in dimr["model"]["stage_configs"]] == ["TransformerBlock", "ConvNeXtBlock", "ConvNeXtBlock"]
+
+
+def test_continuing_an_exported_model_keeps_its_training_history(tmp_path):
+    config = tiny_config()
+    train(config, tmp_path / "first", max_steps=2, export_dir=tmp_path / "model-1", progress=False)
+    # The second session is interrupted and resumed: the model it started from must still be remembered.
+    train(config, tmp_path / "second", max_steps=1, init_from=tmp_path / "model-1", progress=False)
+    train(config, tmp_path / "second", max_steps=3, resume=True, export_dir=tmp_path / "model-2", progress=False)
+    info = json.loads((tmp_path / "model-2" / "training.json").read_text())
+    assert [s["steps"] for s in info["sessions"]] == [2, 3]
+    assert info["sessions"][1]["init_from"] == str(tmp_path / "model-1")
+    assert info["total_steps"] == 5 and info["total_images_seen"] == 5 * 8
+    train(config, tmp_path / "third", max_steps=1, init_from=tmp_path / "model-2", export_dir=tmp_path / "model-3",
+          progress=False)
+    info = json.loads((tmp_path / "model-3" / "training.json").read_text())
+    assert [s["steps"] for s in info["sessions"]] == [2, 3, 1] and info["total_steps"] == 6
+
+
+def test_train_command_applies_schedule_overrides_and_explains_bad_ones(tmp_path, capsys):
+    from dimr.__main__ import main
+
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(json.dumps(tiny_config()))
+    common = ["train", "--config", str(config_file), "--device", "cpu", "--run-dir", str(tmp_path / "run"),
+              "--no-progress"]
+    assert main([*common, "--max-steps", "3", "--lr", "2e-3", "--decay-steps", "3", "--export",
+                 str(tmp_path / "out")]) == 0
+    info = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert (info["steps"], info["lr"], info["decay_steps"]) == (3, 2e-3, 3)
+    assert main([*common, "--max-steps", "3", "--decay-steps", "5", "--export", "none"]) == 2
+    assert "train.decay_steps (5) cannot exceed train.max_steps (3)" in capsys.readouterr().err
