@@ -37,6 +37,21 @@ def test_a_local_pixel_space_model_loads_without_a_vae(pixel_dir):
     assert pipe(["tri"], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
 
 
+def test_the_lean_accelerate_load_gives_the_same_network_as_a_full_initialisation(pixel_dir):
+    """requirements.txt installs accelerate, so models are built on the meta device and then filled from the
+    file: every tensor the network uses must come from the file (no buffer left unfilled)."""
+    import accelerate  # noqa: F401  (without it diffusers silently falls back to the full initialisation)
+
+    from dimr.model import DiMRModel
+
+    lean = DiMRModel.from_pretrained(pixel_dir, low_cpu_mem_usage=True).eval()
+    full = DiMRModel.from_pretrained(pixel_dir, low_cpu_mem_usage=False).eval()
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([500.0, 10.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        assert torch.equal(lean(x, t, y).sample, full(x, t, y).sample)
+    assert not any(tensor.is_meta for tensor in [*lean.parameters(), *lean.buffers()])
+
+
 def test_networks_are_loaded_once_per_model_device_and_dtype(pixel_dir):
     first, second = load_pipeline(pixel_dir, device="cpu"), load_pipeline(str(pixel_dir), device="cpu")
     assert first is not second and first.scheduler is not second.scheduler
