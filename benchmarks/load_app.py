@@ -98,7 +98,7 @@ def main():
         load_test(args.url, args.pid, args)
         return 0
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_app_api import running_app
+    from app_server import running_app
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, running_app(tmp) as (url, process):

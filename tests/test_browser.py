@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_app_api import running_app
+from app_server import running_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
