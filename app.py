@@ -161,7 +161,7 @@ def on_model_change(model):
     labels = checked(demo.model_labels, model)
     return (gr.update(choices=demo.class_choices(model), value=demo.default_classes(model),
                       label=f"Classes ({len(labels)}; type to search names and synonyms)"),
-            model_note(model))
+            model_note(model), demo.default_guidance(model))
 
 
 def model_note(model):
@@ -193,8 +193,10 @@ def build():
                     random_button = gr.Button("Random classes", size="sm", scale=1, min_width=100)
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 gr.Markdown("### Sampling")
-                guidance_scale = gr.Slider(0, 10, value=1.4, step=0.1, label="Guidance scale",
-                                           info="1 = no guidance; the paper's default is 1.4")
+                guidance_scale = gr.Slider(0, 10, value=demo.default_guidance(model), step=0.1,
+                                           label="Guidance scale", elem_id="guidance",
+                                           info="1 = no guidance; the paper's default is 1.4 (ImageNet), "
+                                                "3 for the shapes models")
                 with gr.Row():
                     schedule = gr.Radio(list(GUIDANCE_SCHEDULES), value="constant", label="Guidance schedule",
                                         info="power-cosine rises from 1 at pure noise to the scale", scale=3)
@@ -245,7 +247,8 @@ def build():
                              api_name="compare", preprocess=False, concurrency_id="device", concurrency_limit=1)
         step_slider.input(show_step, [generation, step_slider], [panel, panel_note], api_visibility="private",
                           trigger_mode="always_last", concurrency_limit=4)
-        model_box.change(on_model_change, model_box, [class_box, model_info], api_visibility="private")
+        model_box.change(on_model_change, model_box, [class_box, model_info, guidance_scale],
+                         api_visibility="private")
         random_button.click(pick_random_classes, [model_box, class_box], class_box, api_visibility="private")
         dice.click(lambda: random.randint(0, demo.MAX_SEED), None, seed, api_visibility="private")
         schedule.change(lambda name: gr.update(interactive=name == "power-cosine"), schedule, power,

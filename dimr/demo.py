@@ -112,6 +112,12 @@ def default_classes(name):
     return showcase or list(range(min(4, len(labels))))
 
 
+def default_guidance(name):
+    """The guidance scale the demo starts at: the paper's 1.4 for ImageNet models; 3 for the shapes models, whose
+    samples are misdrawn far less often with it (README, distortion rate: 14.6% at 1.5, 10.0% at 3)."""
+    return 1.4 if len(model_labels(name)) == 1000 else 3.0
+
+
 def random_classes(name, count, rng):
     labels = model_labels(name)
     return sorted(rng.sample(range(len(labels)), min(max(count, 1), len(labels))))

@@ -34,6 +34,11 @@ def test_a_model_directory_in_dimr_model_is_offered_first(latent_model):
     assert "tiny-dimr" in demo.model_choices()
 
 
+def test_guidance_starts_at_the_papers_value_for_imagenet_and_higher_for_the_shapes_models(latent_model):
+    assert demo.default_guidance(latent_model) == 1.4
+    assert demo.default_guidance("tiny-dimr") == demo.default_guidance("tiny-baseline") == 3.0
+
+
 def test_imagenet_classes_by_synonym_and_a_small_panel_of_evenly_spaced_steps(latent_model, monkeypatch):
     monkeypatch.setattr(demo, "PANEL_SIZE_LATENT", 8)  # these images are 16x16; the released models' 256x256
     request = demo.Request.check(latent_model, ["tabby cat", 207], images_per_class=1, num_inference_steps=30)

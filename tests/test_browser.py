@@ -57,6 +57,7 @@ def test_pick_a_class_generate_and_see_every_branch(browser_page, tmp_path):
     page = browser_page
     with running_app(tmp_path) as (url, _):
         page.goto(url)
+        expect(page.locator("#guidance").get_by_role("spinbutton")).to_have_value("3")  # the shapes models' default
         classes = page.locator("#classes")
         classes.get_by_title("Clear").click()  # drop the default classes, then search for others
         for name, option in [("ring", "ring (4)"), ("sta", "star (3)"), ("checker", "checkerboard (8)")]:
