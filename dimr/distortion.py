@@ -107,7 +107,7 @@ def add_cli_arguments(parser):
     parser.add_argument("--samples", type=int, default=500, help="number of samples (classes spread evenly)")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps")
     parser.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
-    parser.add_argument("--sampler", help="a sampler name from dimr.pipeline.SCHEDULERS (default dpm++2m)")
+    parser.add_argument("--sampler", help="a sampler name from dimr.pipeline.SCHEDULERS (default: the pipeline's, dpm-solver-3s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="flag when p(intended class) < this")
     parser.add_argument("--batch-size", type=int, default=100)

@@ -113,7 +113,7 @@ for model, r in results.items():
     q = strict[model]
     print(f"| {model} | {100 * r['rate']:.1f}% | {100 * r['ci95'][0]:.1f}%-{100 * r['ci95'][1]:.1f}% | "
           f"{r['flagged']} / {r['samples']} | {100 * q['rate']:.1f}% ({100 * q['ci95'][0]:.1f}%-{100 * q['ci95'][1]:.1f}%) |")
-print(f"\n(samples: {samples} per model, 25 steps, dpm++2m, guidance 1.5, seed 0; evaluation took "
+print(f"\n(samples: {samples} per model, 25 steps, dpm-solver-3s, guidance 1.5, seed 0; evaluation took "
       f"{time.monotonic() - start:.0f} s)")
 PYEOF
 echo "total wall time: $(( $(date +%s) - started )) s" >> "$OUT/summary.md"
