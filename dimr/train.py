@@ -7,7 +7,8 @@ The recipe (see docs/dimr-reference.md, "Training"): epsilon prediction on Stabl
 schedule, timestep index k uniform in 0..999 (the model's diffusers convention), label dropout to the null
 class, and the multi-scale loss: branch l, whose prediction is f = model.branch_scales[l] times smaller than
 the image, is trained against the noise sum-pooled over f x f windows and divided by f, which keeps unit
-variance; loss = sum_l coeff_l * MSE_l. AdamW with linear warm-up and an EMA of the weights.
+variance; loss = sum_l coeff_l * MSE_l. AdamW with linear warm-up and an EMA of the weights; optionally
+the learning rate decays linearly to 0 over the last train.decay_steps steps (a cool-down session).
 
 Scaled down for runs of minutes instead of weeks (the `train` section of a config):
 - lr 1e-3 with betas (0.9, 0.99): the official 2e-4 and beta1 = 0.99 average gradients over ~100 steps, which
