@@ -92,6 +92,23 @@ def distortion_rate(images, labels, classifier, threshold=THRESHOLD):
             "accuracy": (probs.argmax(1) == labels).float().mean().item()}
 
 
+def judge(images, labels, classifier=None, threshold=THRESHOLD):
+    """The judge's verdict per image: (flagged bool [N], p of the intended class [N]) for uint8 images [N, 3, 32, 32]."""
+    classifier = classifier or load_classifier()
+    probs = classifier.probabilities(images)
+    p_intended = probs[torch.arange(len(labels)), torch.as_tensor(labels)]
+    return p_intended < threshold, p_intended
+
+
+STORED_RESULT = "distortion.json"
+
+
+def stored_result(model_dir):
+    """The measured distortion of a model, as written next to its weights by `distortion --store`; None if not measured."""
+    path = Path(model_dir) / STORED_RESULT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def format_result(name, result):
     low, high = result["ci95"]
     per_class = ", ".join(f"{k} {f}/{n}" for k, (f, n) in result["per_class"].items())
