@@ -1,11 +1,14 @@
 """What the Gradio demo (app.py) runs, without any UI code: which models it offers, the checks on a request,
-and one sampling run that keeps every branch's clean-image estimate at every step for the branch panel.
+one sampling run that keeps every branch's clean-image estimate at every step for the branch panel, real reference
+shapes, and the distortion judge's verdicts. app.py imports nothing else from the package: this module is its door.
 
     request = Request.check(model="tiny-dimr", classes=["ring", 3], images_per_class=2, num_inference_steps=25, seed=0)
     for update in stream(request):            # Progress(step, total, preview) while sampling, then a Generation
         ...
     generation.gallery()                      # [(PIL image, caption)], small images enlarged for display
     generation.branch_panel(step=10)          # per image: every branch's estimate after step 10, then the final image
+    generation.branch_panel(10, view=CHANGES) # per image: the coarse estimate, what each finer branch changes, final
+    judged_gallery(generation)                # the samples captioned with the judge's verdict (shapes models)
 
 Labels, guidance and steps are checked by the project's own checks (`dimr.labels`, `dimr.pipeline.check_guidance`,
 `check_num_inference_steps`, `make_scheduler`), before any model is loaded; this module adds only the model list
@@ -23,22 +26,33 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import defaults
 from .acceleration import accelerate_pipeline, default_mode, mode_dtype
+from .classifier import load_classifier
 from .config import VARIANTS, variant_config
+from .data.shapes import CLASS_NAMES, make_dataset
+from .distortion import judge, stored_result
 from .labels import labels_for_model
-from .loading import CHECKPOINTS_DIR, MODELS, default_device, load_pipeline
+from .loading import BUNDLED, CHECKPOINTS_DIR, MODELS, default_device, load_pipeline
 from .model import DiMRModel
-from .pipeline import DEFAULT_SCHEDULER, check_guidance, check_num_inference_steps, make_scheduler
+from .pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS, check_guidance, check_num_inference_steps
+from .pipeline import make_scheduler
+from .weights import CheckpointError
 
 TINY_DIMR, TINY_BASELINE = "tiny-dimr", "tiny-baseline"
 # One request holds the device for its whole run: these bound its time and the memory its branch panel keeps.
 MAX_IMAGES = 16
+MAX_COMPARE_IMAGES = 40  # per model: the tiny models sample 4 images of each of the 10 shapes in seconds
 MAX_STEPS = 250  # the official evaluation's 250 model evaluations
 # Latent models pay a VAE decode per branch and step for the panel; pixel-space models keep every step.
 MAX_PANEL_STEPS_LATENT = 20
 PANEL_SIZE_LATENT = 128
 DISPLAY_SIZE = 256  # smaller images are enlarged (nearest neighbour, so pixels stay visible) to about this
 MAX_SEED = 2**32 - 1
+SAMPLERS = list(SCHEDULERS)
+DEFAULT_SAMPLER = DEFAULT_SCHEDULER
+ESTIMATES, CHANGES = "estimates", "changes"  # the branch panel's two views
+REFERENCE_SEED = 4  # real reference shapes: not the diffusion models' training data (seed 0)
 PREVIEW_INTERVAL_S = 0.4
 # One long-lived thread samples every request in turn: the device serves one at a time anyway, and a fresh
 # thread per request would leave each its own allocator arena (resident memory that grows with requests).
@@ -68,6 +82,11 @@ def model_choices():
     return list(MODELS) if default_model() in MODELS else [default_model(), *MODELS]
 
 
+def model_description(name):
+    """One line about a model, for the picker's note."""
+    return MODELS.get(name, "a converted model directory")
+
+
 def check_model(name):
     allowed = model_choices()
     if name not in allowed:
@@ -93,8 +112,13 @@ def model_labels(name):
 
 
 def model_branches(name):
-    """'8x8 branch', ... per branch, lowest resolution first."""
+    """'8x8 transformer (4x4 px patches)', ... per branch, lowest resolution first."""
     return branch_names(_model_outline(name))
+
+
+def is_shapes_model(name):
+    """True for models trained on the shapes classes: they have real reference shapes and a distortion judge."""
+    return model_labels(name).names == [[n] for n in CLASS_NAMES]
 
 
 def class_choices(name):
@@ -106,16 +130,25 @@ def class_choices(name):
 def default_classes(name):
     """A few classes that show the model well: ImageNet favourites, or shapes where distortion shows."""
     labels = model_labels(name)
-    if len(labels) == 1000:
+    if len(labels) == defaults.IMAGENET_CLASSES:
         return [207, 88, 279, 980]  # golden retriever, macaw, arctic fox, volcano
     showcase = [i for i, names in enumerate(labels.names) if names[0] in ("ring", "star", "stripes", "checkerboard")]
     return showcase or list(range(min(4, len(labels))))
 
 
 def default_guidance(name):
-    """The guidance scale the demo starts at: the paper's 1.4 for ImageNet models; 3 for the shapes models, whose
-    samples are misdrawn far less often with it (README, distortion rate: 14.6% at 1.5, 10.0% at 3)."""
-    return 1.4 if len(model_labels(name)) == 1000 else 3.0
+    """The guidance scale the demo starts at for a model (dimr.defaults)."""
+    return defaults.guidance_scale(len(model_labels(name)))
+
+
+def default_steps(name):
+    """The number of sampling steps the demo starts at for a model (dimr.defaults)."""
+    return defaults.num_inference_steps(len(model_labels(name)))
+
+
+def same_classes(name, other):
+    """True when two models have the same classes (a class choice carries over from one to the other)."""
+    return model_labels(name).names == model_labels(other).names
 
 
 def random_classes(name, count, rng):
@@ -137,19 +170,24 @@ class Request:
 
     model: str
     class_ids: tuple
-    images_per_class: int = 1
-    guidance_scale: float = 1.4
-    guidance_schedule: str = "constant"
-    guidance_power: float = 1.0
-    num_inference_steps: int = 25
-    seed: int = 0
-    sampler: str = DEFAULT_SCHEDULER
+    images_per_class: int
+    guidance_scale: float
+    guidance_schedule: str
+    guidance_power: float
+    num_inference_steps: int
+    seed: int
+    sampler: str
 
     @classmethod
-    def check(cls, model, classes, images_per_class=1, guidance_scale=1.4, guidance_schedule="constant",
-              guidance_power=1.0, num_inference_steps=25, seed=0, sampler=DEFAULT_SCHEDULER):
-        """Validate everything before any model is loaded; ValueError says which value is wrong and what is allowed."""
+    def check(cls, *, model, classes, images_per_class=1, guidance_scale=None, guidance_schedule="constant",
+              guidance_power=1.0, num_inference_steps=None, seed=0, sampler=DEFAULT_SCHEDULER, max_images=MAX_IMAGES):
+        """Validate everything before any model is loaded; ValueError says which value is wrong and what is allowed.
+
+        Keyword arguments only: the controls are many and alike, so a call by position could swap two unnoticed.
+        guidance_scale and num_inference_steps default to the model's (dimr.defaults)."""
         labels = model_labels(check_model(model))
+        guidance_scale = default_guidance(model) if guidance_scale is None else guidance_scale
+        num_inference_steps = default_steps(model) if num_inference_steps is None else num_inference_steps
         if isinstance(classes, (str, int)) and not isinstance(classes, bool):
             classes = [classes]
         if not isinstance(classes, (list, tuple)):
@@ -158,9 +196,9 @@ class Request:
             raise ValueError("no class chosen: pick at least one class (a name, synonym or id)")
         class_ids = tuple(labels.to_id(label) for label in classes)
         images_per_class = _check_int("images_per_class", images_per_class, 1, MAX_IMAGES)
-        if len(class_ids) * images_per_class > MAX_IMAGES:
+        if len(class_ids) * images_per_class > max_images:
             raise ValueError(f"{len(class_ids)} classes x {images_per_class} images per class = "
-                             f"{len(class_ids) * images_per_class} images; the demo makes at most {MAX_IMAGES} "
+                             f"{len(class_ids) * images_per_class} images; the demo makes at most {max_images} "
                              f"per request")
         check_guidance(guidance_scale, guidance_schedule, guidance_power)
         check_num_inference_steps(num_inference_steps)
@@ -168,9 +206,14 @@ class Request:
             raise ValueError(f"num_inference_steps={num_inference_steps} is more than the demo allows: "
                              f"use 1..{MAX_STEPS}")
         seed = _check_int("seed", seed, 0, MAX_SEED)
+        if not isinstance(sampler, str):
+            raise ValueError(f"sampler must be one name, one of {', '.join(SAMPLERS)}; got {type(sampler).__name__} "
+                             f"{sampler!r}")
         make_scheduler(sampler)  # raises for an unknown sampler name
-        return cls(model, class_ids, images_per_class, float(guidance_scale), guidance_schedule,
-                   float(guidance_power), int(num_inference_steps), seed, sampler)
+        return cls(model=model, class_ids=class_ids, images_per_class=images_per_class,
+                   guidance_scale=float(guidance_scale), guidance_schedule=guidance_schedule,
+                   guidance_power=float(guidance_power), num_inference_steps=int(num_inference_steps), seed=seed,
+                   sampler=sampler)
 
     @property
     def labels(self):
@@ -223,13 +266,22 @@ class Generation:
         """The panel step nearest to a requested 1-based step."""
         return min(self.panel_steps, key=lambda s: (abs(s - step), s))
 
-    def branch_panel(self, step=None):
-        """Per image, one row: each branch's estimate after `step` (default: the last), then the final image."""
+    def branch_panel(self, step=None, view=ESTIMATES):
+        """Per image, one row after `step` (default: the last), then the final image. view ESTIMATES: each branch's
+        clean-image estimate; CHANGES: the coarsest branch's estimate, then what each finer branch changes in the
+        estimate of the branch below it (mid-grey: nothing; lighter or darker: brighter or darker there)."""
+        if view not in (ESTIMATES, CHANGES):
+            raise ValueError(f"view must be {ESTIMATES!r} or {CHANGES!r}, got {view!r}")
         index = self.panel_steps.index(self.panel_step(self.request.num_inference_steps if step is None else step))
+        estimates = self.branch_images[index]
         row_items = []
         for b, caption in enumerate(self.captions):
             for l, branch in enumerate(self.branch_names):
-                row_items.append((enlarge(self.branch_images[index, l, b]), branch))
+                if view == CHANGES and l > 0:
+                    change = estimates[l, b].astype(np.int16) - estimates[l - 1, b]
+                    row_items.append((enlarge(np.clip(128 + change, 0, 255).astype(np.uint8)), f"change by {branch}"))
+                else:
+                    row_items.append((enlarge(estimates[l, b]), branch))
             row_items.append((enlarge(self.images[b]), f"final: {caption}"))
         return row_items
 
@@ -239,10 +291,18 @@ class Generation:
 
 
 def branch_names(model):
-    """'8x8 branch', ... from each branch's downsampling factor (latent models: the latent grid, noted)."""
-    size = model.sample_size
-    unit = "" if model.config.channels == 3 else " latent"
-    return [f"{size // scale}x{size // scale}{unit} branch" for scale in model.branch_scales]
+    """What each branch is, lowest resolution first: a transformer with its token grid and patch size (the coarseness
+    that distorts fine detail), or a convolutional branch with its grid. Latent models' grids are latent pixels."""
+    latent = "" if model.config.channels == 3 else " latent"
+    names = []
+    for stage in model.stage_configs:
+        grid = stage["max_height"]
+        if stage["block_type"] == "TransformerBlock":
+            patch = model.sample_size // grid
+            names.append(f"{grid}x{grid}{latent} transformer ({patch}x{patch} px patches)")
+        else:
+            names.append(f"{grid}x{grid}{latent} ConvNeXt")
+    return names
 
 
 def panel_steps(pipe, steps):
@@ -252,10 +312,20 @@ def panel_steps(pipe, steps):
     return sorted(set(np.linspace(steps - 1, 0, MAX_PANEL_STEPS_LATENT).round().astype(int).tolist()))
 
 
+class ModelUnavailable(ValueError):
+    """A model cannot be loaded on this server; the message says so to a visitor, then what the operator must do."""
+
+
 def load(model_name, sampler=DEFAULT_SCHEDULER):
     """The pipeline for a model on the demo's device (networks are loaded once and kept by dimr.loading)."""
     mode = acceleration_mode()
-    pipe = load_pipeline(model_name, device=device(), torch_dtype=mode_dtype(mode), scheduler=sampler)
+    try:
+        pipe = load_pipeline(model_name, device=device(), torch_dtype=mode_dtype(mode), scheduler=sampler)
+    except CheckpointError as err:
+        bundled = " and ".join(BUNDLED)
+        raise ModelUnavailable(f"{model_name} is not available on this server right now (its weights are not "
+                               f"installed here); {bundled} work meanwhile. What the operator of this demo must do: "
+                               f"{err}") from err
     return accelerate_pipeline(pipe, mode)
 
 
@@ -275,7 +345,8 @@ def stream(request, stop=None):
     def on_step(pipeline, i, t, tensors):
         latest["step"] = (i, tensors["branch_x0_pred"][-1])
         if stop.is_set():
-            pipeline._interrupt = result["stopped"] = True
+            pipeline.stop()
+            result["stopped"] = True
         return {}
 
     def run():
@@ -340,3 +411,35 @@ def describe(generation):
         f", power {r.guidance_power:g})" if r.guidance_schedule == "power-cosine" else ")")
     return (f"{r.model}: {len(generation.captions)} images, {r.num_inference_steps} steps of {r.sampler}, {guidance}, "
             f"seed {r.seed}, {generation.seconds:.1f} s on {device()}")
+
+
+def reference_shapes(class_ids, seed=REFERENCE_SEED):
+    """One real (rendered) shape per class id, in order, as [(PIL image, 'real <class>')]: what a sample should show.
+
+    Each class gets its own shape from a fixed seed, so a class looks the same wherever it appears."""
+    images, labels = make_dataset(len(CLASS_NAMES), seed)  # one shape of each class (make_dataset balances them)
+    index = {int(k): i for i, k in enumerate(labels)}
+    return [(enlarge(images[index[c]].permute(1, 2, 0).numpy()), f"real {CLASS_NAMES[c]}") for c in class_ids]
+
+
+@functools.lru_cache(maxsize=1)
+def _judge_classifier():
+    return load_classifier()
+
+
+def verdicts(generation):
+    """The distortion judge's verdict per sample of a shapes model: [(misdrawn, p of the intended class)]."""
+    images = torch.from_numpy(generation.images).permute(0, 3, 1, 2)
+    flagged, p_intended = judge(images, torch.tensor(generation.request.labels), classifier=_judge_classifier())
+    return list(zip(flagged.tolist(), p_intended.tolist()))
+
+
+def judged_gallery(generation):
+    """The samples captioned with the judge's verdict: 'ring · recognised (p 0.97)' or 'ring · misdrawn (p 0.12)'."""
+    return [(image, f"{caption} · {'misdrawn' if misdrawn else 'recognised'} (p {p:.2f})")
+            for (image, caption), (misdrawn, p) in zip(generation.gallery(), verdicts(generation))]
+
+
+def measured_distortion(name):
+    """The distortion measured for a bundled model and stored beside its weights (dimr.distortion), or None."""
+    return stored_result(CHECKPOINTS_DIR / name) if name in BUNDLED else None

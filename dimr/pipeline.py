@@ -298,8 +298,12 @@ class DiMRPipeline(DiffusionPipeline):
 
     @property
     def interrupt(self):
-        """Set `pipe._interrupt = True` from a callback to stop after the current step."""
+        """True once `stop()` was called during this run."""
         return getattr(self, "_interrupt", False)
+
+    def stop(self):
+        """Stop the running sampling call after the current step (call it from callback_on_step_end)."""
+        self._interrupt = True
 
     def decode(self, latents, output_type="pil"):
         """Latents (or pixel-space samples) [N, C, H, W] -> images per output_type, in one batched VAE decode."""

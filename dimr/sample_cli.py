@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import defaults
 from .acceleration import MODES, accelerate_pipeline, default_mode, mode_dtype
 from .loading import MODELS, load_pipeline
 from .pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS
@@ -26,8 +27,12 @@ def add_cli_arguments(parser):
                         help=f"one of {', '.join(MODELS)}, or a directory with config.json (default: tiny-dimr)")
     parser.add_argument("--class", dest="classes", action="append", required=True, metavar="LABEL",
                         help="class id, name or synonym; repeat for several images")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    parser.add_argument("--guidance", type=float, default=1.4, help="guidance scale s; 1 = off (default 1.4)")
+    parser.add_argument("--steps", type=int,
+                        help=f"sampling steps (default: {defaults.IMAGENET_STEPS} for ImageNet models, "
+                             f"{defaults.SHAPES_STEPS} for the shapes models)")
+    parser.add_argument("--guidance", type=float,
+                        help=f"guidance scale s; 1 = off (default: {defaults.IMAGENET_GUIDANCE:g} for ImageNet "
+                             f"models, {defaults.SHAPES_GUIDANCE:g} for the shapes models)")
     parser.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default="constant")
     parser.add_argument("--guidance-power", type=float, default=1.0, help="p of the power-cosine schedule")
     parser.add_argument("--sampler", choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER)
@@ -53,6 +58,9 @@ def cli_main(args):
         load_pipeline(args.model, device=device, torch_dtype=mode_dtype(mode), vae=args.vae, scheduler=args.sampler),
         mode,
     )
+    num_classes = len(pipe.labels)
+    args.steps = defaults.num_inference_steps(num_classes) if args.steps is None else args.steps
+    args.guidance = defaults.guidance_scale(num_classes) if args.guidance is None else args.guidance
     # Validate before the slow part, so a typo in a class name fails at once.
     ids = pipe.check_inputs(args.classes, args.guidance, args.guidance_schedule, args.guidance_power, args.steps)
     out = pipe(ids, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
