@@ -1,12 +1,17 @@
-"""The DiMR demo: pick a model, classes, guidance and steps; see the samples and what every resolution branch predicts.
+"""The DiMR demo: pick a model, classes, guidance and steps; see the samples, real shapes beside them, what every
+resolution branch predicts, and how often the tiny DiMR and a single-transformer baseline distort.
 
-UI only: requests are checked and sampled by `dimr.demo`. `python app.py` serves on 127.0.0.1:7860
-(GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change that); DIMR_MODEL and DIMR_DEVICE choose the default model and
-the device. The main action is also the API endpoint `/generate` (gradio_client), with the same checks.
+UI only: requests are checked, sampled and judged by `dimr.demo`, the one module of the package this file uses.
+`python app.py` serves on 127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change that); DIMR_MODEL and
+DIMR_DEVICE choose the default model and the device. The main actions are also the API endpoints `/generate` and
+`/compare` (gradio_client), with the same checks.
 """
 
+import collections
 import hashlib
+import inspect
 import io
+import logging
 import os
 import random
 import tempfile
@@ -16,41 +21,67 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from dimr import demo
-from dimr.loading import MODELS
-from dimr.pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS
 
 try:
     import spaces  # Hugging Face ZeroGPU attaches a GPU only while a function wrapped in spaces.GPU runs
 except ImportError:
     spaces = None
 
+log = logging.getLogger("dimr.app")
+
 
 def on_gpu(fn):
     return spaces.GPU(duration=120)(fn) if spaces is not None else fn
 
 
-INTRO = """
-# DiMR: every resolution branch, step by step
-[DiMR](https://arxiv.org/abs/2406.09416) (NeurIPS 2024) denoises with a cascade of branches: a transformer on a
-coarse grid lays out the structure, convolutional branches at higher resolutions add detail. Pick a model and
-classes, generate, and watch what each branch predicts at every step. The bundled tiny models were trained on a
-shapes dataset and run on a CPU; the released ImageNet models download on first use.
+def lab_rate(name):
+    """'10.0% (50 of 500 samples)' from the distortion stored with a bundled model, or 'not measured yet'."""
+    result = demo.measured_distortion(name)
+    if result is None:
+        return "not measured yet"
+    return f"{100 * result['rate']:.1f}% ({result['flagged']} of {result['samples']} samples)"
+
+
+def intro():
+    return f"""
+# DiMR: where fine detail comes from, branch by branch
+[DiMR](https://arxiv.org/abs/2406.09416) (NeurIPS 2024) is a diffusion model built against **distortion**: fine
+detail that comes out lost or broken because a transformer sees the image as large patches (here 4x4 pixels
+per token) and must paint everything inside a patch at once. DiMR lets the transformer lay out the coarse image
+and adds convolutional branches at 2x and 4x the resolution that draw the detail.
+
+**What to look for:** rings with gaps, stars with missing points, blobby triangles, stripes and checkerboards that
+lose their rhythm, blocks at the 4x4 patch borders. Compare each sample with the real shape beside it.
+
+**How often:** a judge trained on real images flags 29.2% of DiMR's ImageNet samples as distorted in the paper
+(DiT 71.0%, U-ViT 63.5%). In this lab a classifier trained on real shapes flags the tiny DiMR's samples in
+{lab_rate(demo.TINY_DIMR)} and the same-size single-transformer baseline's in {lab_rate(demo.TINY_BASELINE)}
+(tab *Compare with the baseline*). The tiny models run on a CPU; the released ImageNet models download on first use.
 """
+
+
 PANEL_HELP = """
-**Branch panel.** For each image, one row: the clean image each branch predicts after the chosen step (lowest
-resolution first, enlarged without smoothing so you see its grid), then the final output. Early on, only the coarse
-branch has a sensible layout; the higher branches refine its edges and texture. Move the slider to go back in time;
-the model does not run again.
+**Branch panel.** One row per image, after the chosen step: what each branch believes the clean image is (lowest
+resolution first, enlarged without smoothing so you see its grid), then the final output. Early on only the coarse
+transformer has a layout. Switch to *what each finer branch changes* to see where detail is added (mid-grey: no
+change; lighter or darker: the branch brightens or darkens there); a finer branch can also undo detail the coarse
+one had. The slider goes back in time without running the model again.
 """
 COMPARE_HELP = """
-The bundled tiny DiMR and a single-resolution baseline of the same size (one transformer on 4x4 patches with an
-un-patchify head), trained the same way, sampled from the **same noise** (seed), classes and settings. Look at edges,
-thin rings and stripes: the baseline tends to break them at patch borders.
+The tiny DiMR (an 8x8-token transformer plus convolutional branches at 16x16 and 32x32) and a baseline of the same
+size and cost (the transformer alone, predicting each 4x4-pixel patch from its token), trained the same way, sampled
+from the **same noise**, classes and settings. A classifier trained on real shapes judges every sample: *recognised*
+or *misdrawn*, with its probability p of the class asked for (misdrawn below 0.5). One run is a handful of samples;
+the table below gives each model's measured rate per class.
 """
 CSS = """
 .pixelated img { image-rendering: pixelated; }
 .note { font-size: 0.9em; color: var(--body-text-color-subdued); }
 #generate-button, #compare-button { min-height: 3em; }
+/* Captions wrap instead of being cut: branch names and verdicts are the point of the labels. */
+.gallery-container .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%; }
+/* The step slider stays in view while the rows it moves are scrolled through. */
+#panel-controls { position: sticky; top: 0; z-index: 5; background: var(--background-fill-primary); }
 """
 THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"])
 APP_LIMITS = f"at most {demo.MAX_IMAGES} images and {demo.MAX_STEPS} steps per request"
@@ -60,13 +91,37 @@ APP_LIMITS = f"at most {demo.MAX_IMAGES} images and {demo.MAX_STEPS} steps per r
 # non-State outputs: for each of those Gradio 6.31 builds a component that it keeps in the session's config, so a
 # long-lived client session grew by about 80 KB per request. Layout updates run in browser-only events instead.
 
+# The message of each browser session's last refused request, shown in its status line by a failure event. API
+# clients never trigger that event, so only the latest sessions are kept.
+_refusals = collections.OrderedDict()
+MAX_REFUSALS = 256
 
-def checked(fn, *args, **kwargs):
-    """Call fn; a bad request or an unavailable model becomes a gr.Error with the clear message it carries."""
+
+def checked(visitor, fn, *args, **kwargs):
+    """Call fn; a bad request or an unavailable model becomes a gr.Error with the clear message it carries, logged
+    as one line (a refused request is the visitor's mistake or the operator's to-do, not a crash)."""
     try:
         return fn(*args, **kwargs)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: files, downloads
-        raise gr.Error(str(err), title="Cannot generate") from None
+        message = str(err)
+        log.warning("refused: %s", " ".join(message.split()))
+        if visitor is not None and visitor.session_hash:
+            _refusals[visitor.session_hash] = message
+            _refusals.move_to_end(visitor.session_hash)
+            while len(_refusals) > MAX_REFUSALS:
+                _refusals.popitem(last=False)
+        raise gr.Error(message, title="Cannot generate", print_exception=False) from None
+
+
+def last_refusal(visitor: gr.Request):
+    """The status line after a failed run: the reason stays there until the next action."""
+    return f"**Could not run:** {_refusals.pop(visitor.session_hash, 'see the message above')}"
+
+
+def inputs_for(fn, components):
+    """The components for fn's parameters, matched by name: Gradio passes inputs by position, so the order is taken
+    from fn's signature and cannot silently differ from it."""
+    return [components[name] for name in inspect.signature(fn).parameters if name in components]
 
 
 def cached_png(image):
@@ -90,12 +145,12 @@ def as_files(captioned_images):
     return [(cached_png(image), caption) for image, caption in captioned_images]
 
 
-def sample(request, progress):
+def sample(request, progress, visitor):
     """Yield ('preview', captioned images) while sampling, then ('done', Generation)."""
     progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
-    updates = checked(demo.stream, request)
+    updates = checked(visitor, demo.stream, request)
     while True:
-        update = checked(next, updates, None)
+        update = checked(visitor, next, updates, None)
         if update is None:
             return
         if isinstance(update, demo.Progress):
@@ -108,77 +163,122 @@ def sample(request, progress):
 
 @on_gpu
 def generate(model, classes, images_per_class, guidance_scale, guidance_schedule, guidance_power,
-             num_inference_steps, seed, sampler, progress=gr.Progress(track_tqdm=True)):
+             num_inference_steps, seed, sampler, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):
     """Sample images_per_class images of each class. Returns the samples, the branch panel after the last step
     (per image: each branch's clean-image estimate, lowest resolution first, then the final image), the step
     shown in the panel, and a status line."""
-    request = checked(demo.Request.check, model, classes, images_per_class, guidance_scale, guidance_schedule,
-                      guidance_power, num_inference_steps, seed, sampler)
+    request = checked(visitor, demo.Request.check, model=model, classes=classes, images_per_class=images_per_class,
+                      guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+                      guidance_power=guidance_power, num_inference_steps=num_inference_steps, seed=seed,
+                      sampler=sampler)
     steps = request.num_inference_steps
-    for kind, value in sample(request, progress):
+    for kind, value in sample(request, progress, visitor):
         if kind == "preview":  # the panel of the previous run is cleared: it will belong to this one
             yield value, [], steps, f"Sampling with {request.model}…", gr.skip()
         else:
             yield as_files(value.gallery()), as_files(value.branch_panel()), steps, demo.describe(value), value
 
 
-def fit_panel(generation):
-    """The panel's columns and step slider for the run just shown (browser only: not part of the API)."""
+def fit_panel(generation, view):
+    """After a run (browser only, not part of the API): the panel in the chosen view, its columns, the step slider,
+    and the real shapes of the samples' classes beside them (shapes models)."""
     steps = generation.request.num_inference_steps
-    return (gr.update(columns=generation.columns), gr.update(maximum=steps, value=steps, interactive=steps > 1),
-            f"Branch panel after step {steps} of {steps}.")
+    shapes = demo.is_shapes_model(generation.request.model)
+    references = as_files(demo.reference_shapes(generation.request.labels)) if shapes else []
+    return (gr.update(value=as_files(generation.branch_panel(view=view)), columns=generation.columns),
+            gr.update(maximum=steps, value=steps, interactive=steps > 1),
+            f"Branch panel after step {steps} of {steps}.", gr.update(value=references, visible=shapes))
 
 
-def show_step(generation, step):
+def show_step(generation, step, view):
     """The branch panel after another step of the last generation (from what it kept; nothing is re-run)."""
-    if generation is None:
-        raise gr.Error("Generate images first; the panel then shows any step of that run.")
+    if generation is None:  # nothing generated yet: the panel stays empty
+        return gr.skip(), gr.skip()
     shown = generation.panel_step(step)
     note = "" if shown == step else f" (nearest step with branch images: {shown})"
-    return (as_files(generation.branch_panel(shown)),
+    return (as_files(generation.branch_panel(shown, view)),
             f"Branch panel after step {shown} of {generation.request.num_inference_steps}{note}.")
+
+
+def verdict_count(generation):
+    misdrawn = sum(flagged for flagged, _ in demo.verdicts(generation))
+    return f"the judge finds {misdrawn} of {len(generation.captions)} misdrawn"
 
 
 @on_gpu
 def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidance_power, num_inference_steps, seed,
-            sampler, progress=gr.Progress(track_tqdm=True)):
-    """Sample the tiny DiMR and the single-resolution baseline with the same classes, noise and settings."""
-    requests = [checked(demo.Request.check, name, classes, images_per_class, guidance_scale, guidance_schedule,
-                        guidance_power, num_inference_steps, seed, sampler)
+            sampler, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):
+    """Sample the tiny DiMR and the single-resolution baseline with the same classes, noise and settings; every
+    final sample is captioned with the judge's verdict: 'ring · recognised (p 0.97)' or 'ring · misdrawn (p 0.12)'."""
+    requests = [checked(visitor, demo.Request.check, model=name, classes=classes, images_per_class=images_per_class,
+                        guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+                        guidance_power=guidance_power, num_inference_steps=num_inference_steps, seed=seed,
+                        sampler=sampler, max_images=demo.MAX_COMPARE_IMAGES)
                 for name in (demo.TINY_DIMR, demo.TINY_BASELINE)]
     galleries, lines = [[], []], []
     for k, request in enumerate(requests):
-        for kind, value in sample(request, progress):
+        for kind, value in sample(request, progress, visitor):
             if kind == "preview":
                 galleries[k] = value
             else:
-                galleries[k] = as_files(value.gallery())
-                lines.append(demo.describe(value))
+                galleries[k] = as_files(demo.judged_gallery(value))
+                lines.append(f"{demo.describe(value)}; {verdict_count(value)}")
             yield *galleries, "  \n".join(lines) or f"Sampling with {request.model}…"
 
 
-def on_model_change(model):
-    labels = checked(demo.model_labels, model)
-    return (gr.update(choices=demo.class_choices(model), value=demo.default_classes(model),
+def fit_compare(classes, images_per_class):
+    """After a comparison (browser only): one row per class in both galleries, and the real shapes of the classes."""
+    class_ids = demo.Request.check(model=demo.TINY_DIMR, classes=classes).class_ids
+    row = gr.update(columns=images_per_class)
+    return row, row, as_files(demo.reference_shapes(class_ids))
+
+
+def rates_table():
+    """Markdown: each shapes class's measured distortion for both tiny models (stored with them, not recomputed)."""
+    models = (demo.TINY_DIMR, demo.TINY_BASELINE)
+    results = {name: demo.measured_distortion(name) for name in models}
+    if None in results.values():
+        missing = " and ".join(name for name, result in results.items() if result is None)
+        return f"**Measured distortion per class:** not measured yet for {missing}."
+    settings = results[demo.TINY_DIMR]["settings"]
+    lines = [f"**Measured distortion per class** (misdrawn of samples; {settings['samples']} samples per model, "
+             f"{settings['steps']} steps of {settings['sampler']}, guidance {settings['guidance']:g}, "
+             f"seed {settings['seed']}; lower is better)", "",
+             "| class | tiny DiMR | baseline |", "|---|---|---|"]
+    for name in results[demo.TINY_DIMR]["per_class"]:
+        cells = [f"{f}/{n} ({100 * f / n:.0f}%)" for f, n in (results[m]["per_class"][name] for m in models)]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines.append(f"| **all** | {' | '.join(f'**{lab_rate(m)}**' for m in models)} |")
+    return "\n".join(lines)
+
+
+def on_model_change(model, classes, previous):
+    """A new model: its classes (the chosen ones kept when it has the same classes), note, and default settings."""
+    labels = checked(None, demo.model_labels, model)
+    keep = previous is not None and demo.same_classes(model, previous) and classes
+    return (gr.update(choices=demo.class_choices(model), value=classes if keep else demo.default_classes(model),
                       label=f"Classes ({len(labels)}; type to search names and synonyms)"),
-            model_note(model), demo.default_guidance(model))
+            model_note(model), demo.default_guidance(model), demo.default_steps(model), model)
 
 
 def model_note(model):
-    return f"{MODELS.get(model, 'a converted model directory')}. Device: {demo.device()}; {APP_LIMITS}."
+    return f"{demo.model_description(model)}. Device: {demo.device()}; {APP_LIMITS}."
 
 
 def pick_random_classes(model, classes):
     count = len(classes) if isinstance(classes, list) and classes else 4
-    return checked(demo.random_classes, model, count, random.Random())
+    return checked(None, demo.random_classes, model, count, random.Random())
 
 
 def build():
     model = demo.default_model()
     shapes_model = demo.TINY_DIMR
+    gallery_style = dict(height="fit-content", format="png", object_fit="contain", elem_classes="pixelated",
+                         buttons=["download", "fullscreen"])
     with gr.Blocks(title="DiMR demo", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
-        gr.Markdown(INTRO)
+        gr.Markdown(intro(), elem_id="intro")
         generation = gr.State(time_to_live=3600)
+        classes_model = gr.State(model)  # the model whose classes the class picker holds
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 model_box = gr.Dropdown(demo.model_choices(), value=model, label="Model", elem_id="model")
@@ -195,60 +295,81 @@ def build():
                 gr.Markdown("### Sampling")
                 guidance_scale = gr.Slider(0, 10, value=demo.default_guidance(model), step=0.1,
                                            label="Guidance scale", elem_id="guidance",
-                                           info="1 = no guidance; the paper's default is 1.4 (ImageNet), "
+                                           info="1 = no guidance; starts at the paper's 1.4 for ImageNet models, "
                                                 "3 for the shapes models")
                 with gr.Row():
-                    schedule = gr.Radio(list(GUIDANCE_SCHEDULES), value="constant", label="Guidance schedule",
+                    schedule = gr.Radio(list(demo.GUIDANCE_SCHEDULES), value="constant", label="Guidance schedule",
                                         info="power-cosine rises from 1 at pure noise to the scale", scale=3)
                     power = gr.Slider(0.1, 4, value=1.0, step=0.1, label="Power", info="of power-cosine", scale=2,
                                       interactive=False)
-                steps = gr.Slider(1, demo.MAX_STEPS, value=25, step=1, label="Steps", info="model evaluations")
+                steps = gr.Slider(1, demo.MAX_STEPS, value=demo.default_steps(model), step=1, label="Steps",
+                                  info="model evaluations", elem_id="steps")
                 with gr.Row():
-                    sampler = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SCHEDULER, label="Sampler", scale=2)
+                    sampler = gr.Dropdown(demo.SAMPLERS, value=demo.DEFAULT_SAMPLER, label="Sampler", scale=2)
                     seed = gr.Number(0, precision=0, minimum=0, maximum=demo.MAX_SEED, label="Seed", scale=2)
                     dice = gr.Button("Random seed", size="sm", scale=1, min_width=90)
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Generate"):
                         status = gr.Markdown("Pick classes and press **Generate**.", label="status", elem_id="status")
-                        gallery = gr.Gallery(label="Samples", columns=4, height="fit-content", format="png",
-                                             object_fit="contain", elem_id="gallery", elem_classes="pixelated",
-                                             buttons=["download", "fullscreen"])
+                        gallery = gr.Gallery(label="Samples", columns=4, elem_id="gallery", **gallery_style)
+                        references = gr.Gallery(label="Real shapes: what each sample should look like", columns=4,
+                                                elem_id="references", visible=False, **gallery_style)
                         gr.Markdown(PANEL_HELP)
-                        step_slider = gr.Slider(1, 25, value=25, step=1, interactive=False, elem_id="panel-step",
-                                                label="Branch panel: after step")
-                        panel_note = gr.Markdown("", elem_id="panel-note")
-                        panel = gr.Gallery(label="What each branch predicts", columns=4, height="fit-content",
-                                           format="png", object_fit="contain", elem_id="branch-panel",
-                                           elem_classes="pixelated", buttons=["download", "fullscreen"])
+                        with gr.Group(elem_id="panel-controls"):
+                            panel_view = gr.Radio([("each branch's estimate", demo.ESTIMATES),
+                                                   ("what each finer branch changes", demo.CHANGES)],
+                                                  value=demo.ESTIMATES, label="Branch panel shows",
+                                                  elem_id="panel-view")
+                            step_slider = gr.Slider(1, 25, value=25, step=1, interactive=False, elem_id="panel-step",
+                                                    label="Branch panel: after step")
+                            panel_note = gr.Markdown("", elem_id="panel-note")
+                        panel = gr.Gallery(label="What each branch predicts", columns=4, elem_id="branch-panel",
+                                           **gallery_style)
                     with gr.Tab("Compare with the baseline", elem_id="compare-tab"):
                         gr.Markdown(COMPARE_HELP)
+                        shapes_classes = len(demo.model_labels(shapes_model))
                         compare_classes = gr.Dropdown(demo.class_choices(shapes_model),
-                                                      value=demo.default_classes(shapes_model), multiselect=True,
-                                                      label="Classes (shapes)")
-                        compare_button = gr.Button("Compare (same seed, classes and settings)", variant="primary",
+                                                      value=list(range(shapes_classes)),
+                                                      multiselect=True, label="Classes (shapes)",
+                                                      elem_id="compare-classes")
+                        compare_per_class = gr.Slider(1, demo.MAX_COMPARE_IMAGES // shapes_classes, value=3, step=1,
+                                                      label="Samples per class", elem_id="compare-per-class")
+                        compare_button = gr.Button("Compare (same noise, classes and settings)", variant="primary",
                                                    elem_id="compare-button")
                         compare_status = gr.Markdown("", label="status", elem_id="compare-status")
+                        compare_references = gr.Gallery(label="Real shapes", columns=5, elem_id="compare-references",
+                                                        **gallery_style)
                         with gr.Row():
-                            dimr_gallery = gr.Gallery(label="tiny DiMR (3 branches)", columns=2, height="fit-content",
-                                                      format="png", elem_classes="pixelated", elem_id="compare-dimr")
-                            baseline_gallery = gr.Gallery(label="single-resolution baseline", columns=2,
-                                                          height="fit-content", format="png", elem_classes="pixelated",
-                                                          elem_id="compare-baseline")
+                            dimr_gallery = gr.Gallery(label="tiny DiMR (transformer + 2 convolutional branches)",
+                                                      columns=3, elem_id="compare-dimr", **gallery_style)
+                            baseline_gallery = gr.Gallery(label="baseline (8x8 transformer on 4x4 px patches)",
+                                                          columns=3, elem_id="compare-baseline", **gallery_style)
+                        gr.Markdown(rates_table(), elem_id="compare-rates")
 
-        settings = [per_class, guidance_scale, schedule, power, steps, seed, sampler]
+        settings = dict(images_per_class=per_class, guidance_scale=guidance_scale, guidance_schedule=schedule,
+                        guidance_power=power, num_inference_steps=steps, seed=seed, sampler=sampler)
         # preprocess=False: the handlers get the raw values, so API callers see the pipeline's own messages
         # (which value, what is allowed) instead of a generic component error.
-        generated = generate_button.click(generate, [model_box, class_box, *settings],
+        generated = generate_button.click(generate, inputs_for(generate, {**settings, "model": model_box,
+                                                                          "classes": class_box}),
                                           [gallery, panel, step_slider, status, generation], api_name="generate",
                                           preprocess=False, concurrency_id="device", concurrency_limit=1)
-        generated.success(fit_panel, generation, [panel, step_slider, panel_note], api_visibility="private")
-        compare_button.click(compare, [compare_classes, *settings], [dimr_gallery, baseline_gallery, compare_status],
-                             api_name="compare", preprocess=False, concurrency_id="device", concurrency_limit=1)
-        step_slider.input(show_step, [generation, step_slider], [panel, panel_note], api_visibility="private",
-                          trigger_mode="always_last", concurrency_limit=4)
-        model_box.change(on_model_change, model_box, [class_box, model_info, guidance_scale],
-                         api_visibility="private")
+        generated.success(fit_panel, [generation, panel_view], [panel, step_slider, panel_note, references],
+                          api_visibility="private")
+        generated.failure(last_refusal, None, status, api_visibility="private")
+        compared = compare_button.click(compare, inputs_for(compare, {**settings, "classes": compare_classes,
+                                                                      "images_per_class": compare_per_class}),
+                                        [dimr_gallery, baseline_gallery, compare_status], api_name="compare",
+                                        preprocess=False, concurrency_id="device", concurrency_limit=1)
+        compared.success(fit_compare, [compare_classes, compare_per_class],
+                         [dimr_gallery, baseline_gallery, compare_references], api_visibility="private")
+        compared.failure(last_refusal, None, compare_status, api_visibility="private")
+        for control in (step_slider.input, panel_view.change):
+            control(show_step, [generation, step_slider, panel_view], [panel, panel_note], api_visibility="private",
+                    trigger_mode="always_last", concurrency_limit=4)
+        model_box.change(on_model_change, [model_box, class_box, classes_model],
+                         [class_box, model_info, guidance_scale, steps, classes_model], api_visibility="private")
         random_button.click(pick_random_classes, [model_box, class_box], class_box, api_visibility="private")
         dice.click(lambda: random.randint(0, demo.MAX_SEED), None, seed, api_visibility="private")
         schedule.change(lambda name: gr.update(interactive=name == "power-cosine"), schedule, power,
@@ -259,6 +380,7 @@ def build():
 app = build()
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if spaces is not None:
         demo.load(demo.default_model())  # ZeroGPU: weights are placed on the GPU at start-up, outside requests
     app.queue(max_size=64).launch(theme=THEME, css=CSS, show_error=True)
