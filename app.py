@@ -54,9 +54,9 @@ and adds convolutional branches at 2x and 4x the resolution that draw the detail
 lose their rhythm, blocks at the 4x4 patch borders. Compare each sample with the real shape beside it.
 
 **How often:** a judge trained on real images flags 29.2% of DiMR's ImageNet samples as distorted in the paper
-(DiT 71.0%, U-ViT 63.5%). In this lab a classifier trained on real shapes flags the tiny DiMR's samples in
-{lab_rate(demo.TINY_DIMR)} and the same-size single-transformer baseline's in {lab_rate(demo.TINY_BASELINE)}
-(tab *Compare with the baseline*). The tiny models run on a CPU; the released ImageNet models download on first use.
+(DiT 71.0%, U-ViT 63.5%). In this lab a classifier trained on real shapes flags as misdrawn: tiny DiMR
+{lab_rate(demo.TINY_DIMR)}; the same-size single-transformer baseline {lab_rate(demo.TINY_BASELINE)} (tab *Compare
+with the baseline*). The tiny models run on a CPU; the released ImageNet models download on first use.
 """
 
 
@@ -71,15 +71,24 @@ COMPARE_HELP = """
 The tiny DiMR (an 8x8-token transformer plus convolutional branches at 16x16 and 32x32) and a baseline of the same
 size and cost (the transformer alone, predicting each 4x4-pixel patch from its token), trained the same way, sampled
 from the **same noise**, classes and settings. A classifier trained on real shapes judges every sample: *recognised*
-or *misdrawn*, with its probability p of the class asked for (misdrawn below 0.5). One run is a handful of samples;
+(✓) or *misdrawn* (✗), with its probability p of the class asked for (misdrawn below 0.5). One run is a handful of samples;
 the table below gives each model's measured rate per class.
 """
 CSS = """
 .pixelated img { image-rendering: pixelated; }
 .note { font-size: 0.9em; color: var(--body-text-color-subdued); }
 #generate-button, #compare-button { min-height: 3em; }
-/* Captions wrap instead of being cut: branch names and verdicts are the point of the labels. */
-.gallery-container .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%; }
+/* Images shrink with narrow screens instead of leaving their container (Gradio's columns are at least 100 px), and
+   captions sit under the image, wrapped, never cut: branch names and verdicts are the point of the labels. */
+.pixelated .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+                             grid-template-rows: none !important; grid-auto-rows: auto !important;
+                             padding-top: 2.4em !important; }
+.pixelated .thumbnail-item { aspect-ratio: auto !important; height: auto !important; display: flex;
+                             flex-direction: column; }
+.pixelated .thumbnail-lg > img { aspect-ratio: 1; height: auto !important; }
+.pixelated .caption-label { position: static !important; max-width: none !important; white-space: normal !important;
+                            overflow: visible !important; opacity: 1 !important; border: none !important;
+                            border-radius: 0 !important; text-align: center !important; }
 /* The step slider stays in view while the rows it moves are scrolled through. */
 #panel-controls { position: sticky; top: 0; z-index: 5; background: var(--background-fill-primary); }
 """
@@ -209,7 +218,7 @@ def verdict_count(generation):
 def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidance_power, num_inference_steps, seed,
             sampler, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):
     """Sample the tiny DiMR and the single-resolution baseline with the same classes, noise and settings; every
-    final sample is captioned with the judge's verdict: 'ring · recognised (p 0.97)' or 'ring · misdrawn (p 0.12)'."""
+    final sample is captioned with the judge's verdict: 'ring ✓ recognised, p 0.97' or 'ring ✗ misdrawn, p 0.12'."""
     requests = [checked(visitor, demo.Request.check, model=name, classes=classes, images_per_class=images_per_class,
                         guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
                         guidance_power=guidance_power, num_inference_steps=num_inference_steps, seed=seed,
@@ -226,11 +235,19 @@ def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidan
             yield *galleries, "  \n".join(lines) or f"Sampling with {request.model}…"
 
 
-def fit_compare(classes, images_per_class):
-    """After a comparison (browser only): one row per class in both galleries, and the real shapes of the classes."""
-    class_ids = demo.Request.check(model=demo.TINY_DIMR, classes=classes).class_ids
+def fit_compare(images_per_class):
+    """After a comparison (browser only): one row per class in both galleries."""
     row = gr.update(columns=images_per_class)
-    return row, row, as_files(demo.reference_shapes(class_ids))
+    return row, row
+
+
+def compare_references(classes):
+    """The real shapes of the classes chosen for Compare (browser only)."""
+    if not classes:
+        return []
+    class_ids = checked(None, demo.Request.check, model=demo.TINY_DIMR, classes=classes,
+                        max_images=demo.MAX_COMPARE_IMAGES).class_ids
+    return as_files(demo.reference_shapes(class_ids))
 
 
 def rates_table():
@@ -338,13 +355,14 @@ def build():
                         compare_button = gr.Button("Compare (same noise, classes and settings)", variant="primary",
                                                    elem_id="compare-button")
                         compare_status = gr.Markdown("", label="status", elem_id="compare-status")
-                        compare_references = gr.Gallery(label="Real shapes", columns=5, elem_id="compare-references",
-                                                        **gallery_style)
+                        references_box = gr.Gallery(compare_references(compare_classes.value), columns=5,
+                                                    label="Real shapes: what each class should look like",
+                                                    elem_id="compare-references", **gallery_style)
                         with gr.Row():
-                            dimr_gallery = gr.Gallery(label="tiny DiMR (transformer + 2 convolutional branches)",
-                                                      columns=3, elem_id="compare-dimr", **gallery_style)
-                            baseline_gallery = gr.Gallery(label="baseline (8x8 transformer on 4x4 px patches)",
-                                                          columns=3, elem_id="compare-baseline", **gallery_style)
+                            dimr_gallery = gr.Gallery(label="tiny DiMR", columns=3, elem_id="compare-dimr",
+                                                      **gallery_style)
+                            baseline_gallery = gr.Gallery(label="baseline: transformer only", columns=3,
+                                                          elem_id="compare-baseline", **gallery_style)
                         gr.Markdown(rates_table(), elem_id="compare-rates")
 
         settings = dict(images_per_class=per_class, guidance_scale=guidance_scale, guidance_schedule=schedule,
@@ -362,8 +380,8 @@ def build():
                                                                       "images_per_class": compare_per_class}),
                                         [dimr_gallery, baseline_gallery, compare_status], api_name="compare",
                                         preprocess=False, concurrency_id="device", concurrency_limit=1)
-        compared.success(fit_compare, [compare_classes, compare_per_class],
-                         [dimr_gallery, baseline_gallery, compare_references], api_visibility="private")
+        compared.success(fit_compare, compare_per_class, [dimr_gallery, baseline_gallery], api_visibility="private")
+        compare_classes.change(compare_references, compare_classes, references_box, api_visibility="private")
         compared.failure(last_refusal, None, compare_status, api_visibility="private")
         for control in (step_slider.input, panel_view.change):
             control(show_step, [generation, step_slider, panel_view], [panel, panel_note], api_visibility="private",
