@@ -71,8 +71,8 @@ COMPARE_HELP = """
 The tiny DiMR (an 8x8-token transformer plus convolutional branches at 16x16 and 32x32) and a baseline of the same
 size and cost (the transformer alone, predicting each 4x4-pixel patch from its token), trained the same way, sampled
 from the **same noise**, classes and settings. A classifier trained on real shapes judges every sample: *recognised*
-(✓) or *misdrawn* (✗), with its probability p of the class asked for (misdrawn below 0.5). One run is a handful of samples;
-the table below gives each model's measured rate per class.
+(✓) or *misdrawn* (✗), with its probability p of the class asked for (misdrawn below 0.5). One run is a handful of
+samples; the table below gives each model's measured rate per class.
 """
 CSS = """
 .pixelated img { image-rendering: pixelated; }
@@ -87,8 +87,8 @@ CSS = """
                              flex-direction: column; }
 .pixelated .thumbnail-lg > img { aspect-ratio: 1; height: auto !important; }
 .pixelated .caption-label { position: static !important; max-width: none !important; white-space: normal !important;
-                            overflow: visible !important; opacity: 1 !important; border: none !important;
-                            border-radius: 0 !important; text-align: center !important; }
+                            overflow: visible !important; overflow-wrap: anywhere; opacity: 1 !important;
+                            border: none !important; border-radius: 0 !important; text-align: center !important; }
 /* The step slider stays in view while the rows it moves are scrolled through. */
 #panel-controls { position: sticky; top: 0; z-index: 5; background: var(--background-fill-primary); }
 """

@@ -1,8 +1,10 @@
-"""The demo's `/generate` API, driven with gradio_client against the real app (`python app.py`) and the bundled tiny
-models: valid requests return images and the branch panel; bad input of every kind gets an error that names the
-value and what is allowed, and the server keeps serving."""
+"""The demo's `/generate` and `/compare` API, driven with gradio_client against the real app (`python app.py`) and
+the bundled tiny models: valid requests return images and the branch panel, comparisons the judge's verdicts; bad
+input of every kind gets an error that names the value and what is allowed, logged as one line, and the server keeps
+serving. Also the app's own text: the measured distortion, or "not measured yet"."""
 
 import json
+import re
 
 import httpx
 import numpy as np
@@ -16,8 +18,13 @@ FAST = dict(model="tiny-dimr", classes=["ring"], images_per_class=1, guidance_sc
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("app")) as (url, _):
+def app_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("app")
+
+
+@pytest.fixture(scope="module")
+def app_url(app_dir):
+    with running_app(app_dir) as (url, _):
         yield url
 
 
@@ -46,8 +53,9 @@ def test_generate_returns_named_images_and_the_branch_panel(client):
             assert image.format == "PNG"
             assert image.size == (256, 256)  # the 32x32 sample, enlarged 8x for display
             assert np.asarray(image).std() > 0  # not a blank image
-    # Per image: the 8x8, 16x16 and 32x32 branches' estimates, then the final image.
-    assert [p["caption"] for p in panel[:4]] == ["8x8 branch", "16x16 branch", "32x32 branch", "final: ring"]
+    # Per image: the 8x8-token transformer's and the 16x16 and 32x32 ConvNeXt branches' estimates, then the final image.
+    assert [p["caption"] for p in panel[:4]] == ["8x8 transformer (4x4 px patches)", "16x16 ConvNeXt", "32x32 ConvNeXt",
+                                                 "final: ring"]
     assert [p["caption"] for p in panel[3::4]] == ["final: " + s["caption"] for s in samples]
     assert len(panel) == 6 * 4
     with Image.open(panel[0]["image"]) as coarse:
@@ -78,14 +86,26 @@ def test_same_seed_same_images_other_seed_other_images(client):
     assert pixels(4) != first
 
 
-def test_baseline_has_one_branch_and_compare_runs_both_models(client):
+def test_baseline_has_one_branch_and_compare_judges_both_models(client):
     panel = generate(client, model="tiny-baseline", classes=["frame"])[1]
-    assert [p["caption"] for p in panel] == ["32x32 branch", "final: frame"]
-    dimr, baseline, status = client.predict(classes=["ring", "stripes"], images_per_class=1, guidance_scale=1.4,
+    assert [p["caption"] for p in panel] == ["8x8 transformer (4x4 px patches)", "final: frame"]
+    dimr, baseline, status = client.predict(classes=["ring", "stripes"], images_per_class=2, guidance_scale=1.4,
                                             guidance_schedule="power-cosine", guidance_power=1.0,
                                             num_inference_steps=3, seed=0, sampler="dpm++2m", api_name="/compare")
-    assert [s["caption"] for s in dimr] == [s["caption"] for s in baseline] == ["ring", "stripes"]
-    assert "tiny-dimr" in status and "tiny-baseline" in status
+    for samples in (dimr, baseline):
+        captions = [s["caption"] for s in samples]
+        assert [c.split(" ")[0] for c in captions] == ["ring", "ring", "stripes", "stripes"]
+        assert all(re.fullmatch(r"\w+ (✓ recognised|✗ misdrawn), p [01]\.\d\d", c) for c in captions), captions
+    assert "tiny-dimr: 4 images" in status and "tiny-baseline: 4 images" in status
+    assert re.search(r"the judge finds \d of 4 misdrawn", status)
+
+
+def test_compare_takes_up_to_40_images_per_model(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="10 classes x 5 images per class = 50 images; the demo makes at most 40"):
+        client.predict(classes=list(range(10)), images_per_class=5, guidance_scale=3, guidance_schedule="constant",
+                       guidance_power=1.0, num_inference_steps=1, seed=0, sampler="dpm++2m", api_name="/compare")
 
 
 BAD_REQUESTS = {
@@ -110,6 +130,8 @@ BAD_REQUESTS = {
     "unknown model": (dict(model="DiMR-H/9R"), "unknown model 'DiMR-H/9R'; choose one of tiny-dimr, tiny-baseline"),
     "model given as a path": (dict(model="/etc"), "unknown model '/etc'"),
     "unknown sampler": (dict(sampler="magic"), "unknown sampler 'magic'; choose one of "),
+    "sampler as a list": (dict(sampler=["dpm++2m"]), "sampler must be one name, one of dpm-solver-3s"),
+    "sampler as a dict": (dict(sampler={"name": "dpm++2m"}), "sampler must be one name, one of dpm-solver-3s"),
 }
 
 
@@ -135,11 +157,61 @@ def test_nan_guidance_is_refused_over_plain_http(app_url, client):
     assert_serves(client)
 
 
-def test_a_released_model_that_cannot_be_downloaded_gets_a_clear_message(client):
+def test_a_released_model_that_cannot_be_downloaded_gets_a_message_for_the_visitor_and_the_operator(client):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError) as error:
         generate(client, model="DiMR-XL/2R", classes=["tabby cat"])
     message = str(error.value)
-    assert "DiMR-XL/2R" in message and "huggingface.co/QHL067/DiMR" in message
+    assert message.startswith("DiMR-XL/2R is not available on this server right now")
+    assert "What the operator of this demo must do:" in message and "huggingface.co/QHL067/DiMR" in message
     assert_serves(client)
+
+
+def test_refused_requests_are_logged_as_one_line_without_a_traceback(client, app_dir):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError):
+        generate(client, classes=["unicorn"])
+    log = (app_dir / "app.log").read_text()
+    assert "Traceback" not in log
+    refusals = [line for line in log.splitlines() if "refused: " in line]
+    assert any("refused: unknown class name 'unicorn'" in line for line in refusals)
+
+
+@pytest.fixture
+def app_module(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import app
+
+    return app
+
+
+def measured(rate_of_ring):
+    return {"settings": {"samples": 20, "steps": 25, "guidance": 3.0, "sampler": "dpm-solver-3s", "seed": 0},
+            "rate": rate_of_ring / 20, "ci95": [0.0, 0.5], "flagged": rate_of_ring, "samples": 20,
+            "per_class": {"ring": [rate_of_ring, 10], "star": [0, 10]}}
+
+
+def test_the_page_shows_the_measured_distortion_or_says_it_is_not_measured_yet(app_module, monkeypatch):
+    from dimr import demo
+
+    monkeypatch.setattr(demo, "measured_distortion", lambda name: None)
+    assert "tiny DiMR not measured yet" in app_module.intro()
+    assert "not measured yet for tiny-dimr and tiny-baseline" in app_module.rates_table()
+
+    monkeypatch.setattr(demo, "measured_distortion", lambda name: measured(1 if name == "tiny-dimr" else 4))
+    assert "tiny DiMR 5.0% (1 of 20 samples)" in app_module.intro()
+    assert "29.2%" in app_module.intro()  # the paper's number beside the lab's
+    table = app_module.rates_table()
+    assert "20 samples per model, 25 steps of dpm-solver-3s, guidance 3, seed 0" in table
+    assert "| ring | 1/10 (10%) | 4/10 (40%) |" in table and "| star | 0/10 (0%) | 0/10 (0%) |" in table
+
+
+def test_handler_inputs_follow_the_handlers_parameter_names(app_module):
+    components = {name: f"<{name}>" for name in ("seed", "model", "classes", "sampler", "images_per_class",
+                                                 "guidance_scale", "guidance_schedule", "guidance_power",
+                                                 "num_inference_steps")}
+    assert app_module.inputs_for(app_module.generate, components) == [
+        "<model>", "<classes>", "<images_per_class>", "<guidance_scale>", "<guidance_schedule>", "<guidance_power>",
+        "<num_inference_steps>", "<seed>", "<sampler>"]
