@@ -346,7 +346,6 @@ def stream(request, stop=None):
         latest["step"] = (i, tensors["branch_x0_pred"][-1])
         if stop.is_set():
             pipeline.stop()
-            result["stopped"] = True
         return {}
 
     def run():
@@ -379,10 +378,10 @@ def stream(request, stop=None):
     finally:
         stop.set()
         done.result()
-    if result.get("stopped"):
-        raise RuntimeError("sampling was stopped before the last step")
     if "error" in result:
         raise result["error"]
+    if len(result["out"].branches.timesteps) < steps:
+        raise RuntimeError("sampling was stopped before the last step")
     yield _generation(pipe, request, result["out"], result["seconds"])
 
 
