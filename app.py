@@ -88,7 +88,8 @@ CSS = """
 .pixelated .thumbnail-lg > img { aspect-ratio: 1; height: auto !important; }
 .pixelated .caption-label { position: static !important; max-width: none !important; white-space: normal !important;
                             overflow: visible !important; overflow-wrap: anywhere; opacity: 1 !important;
-                            border: none !important; border-radius: 0 !important; text-align: center !important; }
+                            border: none !important; border-radius: 0 !important; text-align: center !important;
+                            padding: 2px !important; font-size: 0.8rem !important; }
 /* The step slider stays in view while the rows it moves are scrolled through. */
 #panel-controls { position: sticky; top: 0; z-index: 5; background: var(--background-fill-primary); }
 """

@@ -435,7 +435,8 @@ def verdicts(generation):
 
 def judged_gallery(generation):
     """The samples captioned with the judge's verdict: 'ring ✓ recognised, p 0.97' or 'ring ✗ misdrawn, p 0.12'."""
-    return [(image, f"{caption} {'✗ misdrawn' if misdrawn else '✓ recognised'}, p {p:.2f}")
+    # A no-break space keeps p and its value together when the caption wraps.
+    return [(image, f"{caption} {'✗ misdrawn' if misdrawn else '✓ recognised'}, p\u00a0{p:.2f}")
             for (image, caption), (misdrawn, p) in zip(generation.gallery(), verdicts(generation))]
 
 

@@ -95,7 +95,7 @@ def test_baseline_has_one_branch_and_compare_judges_both_models(client):
     for samples in (dimr, baseline):
         captions = [s["caption"] for s in samples]
         assert [c.split(" ")[0] for c in captions] == ["ring", "ring", "stripes", "stripes"]
-        assert all(re.fullmatch(r"\w+ (✓ recognised|✗ misdrawn), p [01]\.\d\d", c) for c in captions), captions
+        assert all(re.fullmatch(r"\w+ (✓ recognised|✗ misdrawn), p\u00a0[01]\.\d\d", c) for c in captions), captions
     assert "tiny-dimr: 4 images" in status and "tiny-baseline: 4 images" in status
     assert re.search(r"the judge finds \d of 4 misdrawn", status)
 

@@ -190,7 +190,7 @@ def test_a_student_sees_distortion_branches_and_the_comparison(app_url, browser_
     for side in ("#compare-dimr", "#compare-baseline"):
         expect(page.locator(f"{side} img")).to_have_count(count)
         verdicts = page.locator(f"{side} .caption-label").all_text_contents()
-        assert len(verdicts) == count and all(("✓ recognised, p " in v) != ("✗ misdrawn, p " in v) for v in verdicts)
+        assert len(verdicts) == count and all(("✓ recognised, p" in v) != ("✗ misdrawn, p" in v) for v in verdicts)
     expect(page.locator("#compare-rates")).to_contain_text("Measured distortion per class")
     assert_layout(page)
     if width == 1400:
