@@ -164,7 +164,7 @@ def _check_int(name, value, low, high):
     return int(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Request:
     """One generation: a checked, normalised set of the demo's controls."""
 
