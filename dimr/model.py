@@ -341,6 +341,18 @@ class DiMRModel(ModelMixin, ConfigMixin):
             lowres_dim = stage_cfg["dim"] * (stage_num_blocks(stage_cfg) + 1)
             lowres_height = stage_cfg["max_height"]
         self.stages = nn.ModuleList(stages)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """The official initialisation: normal weights of std 0.02 (trunc_normal_ with the official cut at +-2,
+        i.e. 100 std) and zero biases for every linear, convolution and embedding; the time-dependent
+        parameters keep their own. PyTorch's defaults scale with fan-in instead (up to 0.35 for the 7x7
+        depthwise convolutions) and the embeddings with std 1."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
 
     @property
     def sample_size(self):
