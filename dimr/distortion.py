@@ -35,6 +35,7 @@ THRESHOLD = 0.5
 REAL_SEED = 2  # real data for the measure: neither the diffusion models' (0) nor the classifier's (1, 3)
 FLOOR_SEED = 4  # a second real set: real vs real gives the floor of the Frechet distance and precision/recall
 FLAG_COLOUR = (220, 30, 30)
+MIN_PER_CLASS_FID = 10
 
 
 def wilson_interval(flagged, total, z=1.959963984540054):
@@ -63,8 +64,11 @@ def real_images(num_samples, seed=REAL_SEED):
 
 
 def generated_images(model, num_samples, num_inference_steps=25, guidance_scale=3.0, sampler=None, seed=0,
-                     batch_size=100, device=None, progress=True):
-    """Samples of a bundled model name or checkpoint directory via the pipeline, uint8 [N, 3, 32, 32] and labels."""
+                     batch_size=100, device=None, progress=True, total_samples=None):
+    """Samples of a bundled model name or checkpoint directory via the pipeline, uint8 [N, 3, 32, 32] and labels.
+
+    total_samples (default num_samples): the size of the run whose first num_samples samples these are, so a
+    few samples of a stored measurement can be redrawn exactly."""
     from tqdm import tqdm
 
     from .loading import load_pipeline
@@ -77,7 +81,7 @@ def generated_images(model, num_samples, num_inference_steps=25, guidance_scale=
     labels = even_labels(num_samples)
     size = pipe.model.sample_size
     # All noise drawn up front on the CPU: the same samples whatever the batch size or device.
-    noise = torch.randn(num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(total_samples or num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
     images = []
     for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling {model}", disable=not progress):
         out = pipe(labels[start : start + batch_size].tolist(), guidance_scale=guidance_scale,
@@ -142,8 +146,11 @@ def distortion_rate(images, labels, classifier, threshold=THRESHOLD, reference=N
         real_features, real_labels = reference
         result["fid"] = frechet_distance(features, real_features)
         result["precision"], result["recall"] = precision_recall(real_features, features)
-        result["fid_per_class"] = {name: frechet_distance(features[labels == k], real_features[real_labels == k])
-                                   for k, name in enumerate(CLASS_NAMES)}
+        # Per class only where both sets have enough samples for a covariance worth the name.
+        result["fid_per_class"] = {
+            name: frechet_distance(features[labels == k], real_features[real_labels == k])
+            for k, name in enumerate(CLASS_NAMES)
+            if min(int((labels == k).sum()), int((real_labels == k).sum())) >= MIN_PER_CLASS_FID}
     return result
 
 
@@ -183,8 +190,9 @@ def format_result(name, result):
         lines.append(f"  judge-feature FID {result['fid']:.3g}{against_floor('fid')}, precision "
                      f"{result['precision']:.3f}{against_floor('precision')}, recall {result['recall']:.3f}"
                      f"{against_floor('recall')}")
-        per_class_fid = ", ".join(f"{k} {v:.3g}" for k, v in result["fid_per_class"].items())
-        lines.append(f"  FID per class: {per_class_fid}")
+        if result["fid_per_class"]:
+            per_class_fid = ", ".join(f"{k} {v:.3g}" for k, v in result["fid_per_class"].items())
+            lines.append(f"  FID per class: {per_class_fid}")
     return "\n".join(lines)
 
 
@@ -202,6 +210,7 @@ def add_cli_arguments(parser):
     parser.add_argument("--classifier", default=str(CLASSIFIER_DIR), help="the judge's directory")
     parser.add_argument("--save-grid", help="write the judged samples as a PNG grid (one column per class, "
                                             "flagged samples framed in red)")
+    parser.add_argument("--grid-samples", type=int, help="put only the first N samples in the grid (default: all)")
     parser.add_argument("--json", help="also write the result as JSON here")
     parser.add_argument("--store", action="store_true",
                         help=f"write the result as {STORED_RESULT} into the model's directory (the app shows it)")
@@ -212,6 +221,8 @@ def cli_main(args):
         raise ValueError(f"--samples must be at least 1, got {args.samples}")
     if not 0 < args.threshold < 1:
         raise ValueError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if args.grid_samples is not None and args.grid_samples < 1:
+        raise ValueError(f"--grid-samples must be at least 1, got {args.grid_samples}")
     if args.store and args.model == "real":
         raise ValueError("--store needs a model: real data has no model directory to store the result in")
     classifier = load_classifier(args.classifier)
@@ -230,8 +241,9 @@ def cli_main(args):
         result["real"] = {k: floor[k] for k in ("rate", "fid", "precision", "recall", "fid_per_class")}
     print(format_result(args.model, result))
     if args.save_grid:
-        frames = flag_frames(result["flagged_indices"], len(images))
-        save_png(tile(images, len(CLASS_NAMES), pad=2, scale=2, frames=frames), args.save_grid)
+        shown = len(images) if args.grid_samples is None else min(args.grid_samples, len(images))
+        frames = flag_frames(result["flagged_indices"], shown)
+        save_png(tile(images[:shown], len(CLASS_NAMES), pad=2, scale=2, frames=frames), args.save_grid)
     record = {"model": args.model, "settings": settings, **result}
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")

@@ -93,14 +93,13 @@ def test_the_judge_flags_each_kind_of_misdrawing(judge, shape, kind):
 
 def test_real_renders_against_real_renders_are_the_floor_of_the_distances(judge):
     reference = real_reference(judge, 300)
-    images, labels = real_images(300, seed=REAL_SEED + 2)
-    floor = distortion_rate(images, labels, judge, reference=reference)
-    blurred = corrupt(render_coverage(sample_parameters(300, seed=REAL_SEED + 2)), ["blur"] * 300,
-                      torch.Generator().manual_seed(0))
-    broken = distortion_rate(colourise(blurred, sample_parameters(300, seed=REAL_SEED + 2)), labels, judge,
-                             reference=reference)
-    assert floor["precision"] >= 0.9 and floor["recall"] >= 0.9
-    assert broken["fid"] > 5 * floor["fid"] and broken["precision"] < floor["precision"]
+    floor = distortion_rate(*real_images(300, seed=REAL_SEED + 2), judge, reference=reference)
+    params = sample_parameters(300, seed=REAL_SEED + 2)
+    blurred = corrupt(render_coverage(params), ["blur"] * 300, torch.Generator().manual_seed(0))
+    broken = distortion_rate(colourise(blurred, params), torch.as_tensor(params["labels"]), judge, reference=reference)
+    # k-nearest-neighbour manifolds of finite samples miss a few points even for the same distribution.
+    assert floor["precision"] >= 0.85 and floor["recall"] >= 0.85
+    assert broken["fid"] > 5 * floor["fid"] and broken["precision"] < floor["precision"] - 0.3
     assert set(floor["fid_per_class"]) == set(CLASS_NAMES)
 
 
