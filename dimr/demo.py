@@ -24,9 +24,8 @@ import torch
 from PIL import Image
 
 from .acceleration import accelerate_pipeline, default_mode, mode_dtype
-from .config import VARIANTS, variant_config
 from .labels import labels_for_model
-from .loading import CHECKPOINTS_DIR, MODELS, default_device, load_pipeline
+from .loading import MODELS, default_device, load_pipeline, model_config
 from .model import DiMRModel
 from .pipeline import DEFAULT_SCHEDULER, check_guidance, check_num_inference_steps, make_scheduler
 
@@ -79,12 +78,8 @@ def check_model(name):
 def _model_outline(name):
     """A model object on the meta device: its config, labels and branches without loading (or downloading) weights."""
     check_model(name)
-    if name in VARIANTS:
-        config = variant_config(name)
-    else:
-        config = DiMRModel.load_config(CHECKPOINTS_DIR / name if name in MODELS else name)
     with torch.device("meta"):
-        return DiMRModel.from_config(config)
+        return DiMRModel.from_config(model_config(name))
 
 
 def model_labels(name):

@@ -53,11 +53,12 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .config import NUM_TRAIN_TIMESTEPS
 from .labels import labels_for_model
 
 # The schedule DiMR was trained on (Stable Diffusion's "scaled linear"); epsilon prediction, no clipping.
-SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                   prediction_type="epsilon")
+SD_SCHEDULE = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=0.00085, beta_end=0.012,
+                   beta_schedule="scaled_linear", prediction_type="epsilon")
 
 # Where the official sampler stops: t = 1/1000, i.e. timestep index 0 (sigma 0.029), not sigma = 0. With this
 # endpoint diffusers' solvers converge to the official result (relative L2 < 3e-5 at 250+ steps).
@@ -86,7 +87,7 @@ SCHEDULERS = {
 DEFAULT_SCHEDULER = "dpm-solver-3s"
 GUIDANCE_SCHEDULES = ("constant", "power-cosine")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-MAX_INFERENCE_STEPS = 1000  # the training schedule has 1000 steps; more cannot be distinct
+MAX_INFERENCE_STEPS = NUM_TRAIN_TIMESTEPS  # more steps than the training table has cannot be distinct
 
 
 def make_scheduler(name=DEFAULT_SCHEDULER, **overrides):
@@ -126,8 +127,8 @@ def guidance_weights(timesteps, guidance_scale, guidance_schedule="constant", gu
     if guidance_schedule == "constant":
         return [float(guidance_scale)] * len(timesteps)
     # Official power-cosine decay in the discrete step n = k + 1: 1 at n = 1000, guidance_scale at n = 0.
-    return [1 + (guidance_scale - 1) * (1 - math.cos(math.pi * (1 - (k + 1) / 1000) ** guidance_power)) / 2
-            for k in timesteps]
+    return [1 + (guidance_scale - 1) * (1 - math.cos(math.pi * (1 - (k + 1) / NUM_TRAIN_TIMESTEPS) ** guidance_power))
+            / 2 for k in timesteps]
 
 
 @dataclass

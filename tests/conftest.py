@@ -23,9 +23,9 @@ class Golden:
         return self.meta["model_config"]
 
     def model(self):
-        from dimr import DiMRModel
+        from dimr.weights import from_official
 
-        return DiMRModel.from_official(self.config, dict(self.state_dict))
+        return from_official(self.config, dict(self.state_dict))
 
     def __getitem__(self, key):
         return self.tensors[key]
