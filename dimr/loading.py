@@ -5,6 +5,7 @@
 
 Networks and VAEs are loaded once per (model, device, dtype) and kept in memory (`clear_cache()` frees them);
 every `load_pipeline` call returns a new pipeline object around the shared modules, with its own scheduler.
+`model_files` is the one place a model name becomes files (and `model_config` reads a config without weights).
 Nothing here waits on the network when it is unreachable: a model or VAE that is neither local nor cached
 fails at once with a message that says what to download and where to put it.
 """
@@ -75,7 +76,10 @@ def load_pipeline(name_or_path, device=None, torch_dtype=None, vae=None, schedul
         vae_key = ("vae", str(vae), str(device), vae_dtype)
         with _cache_lock:
             if vae_key not in _cache:
-                _cache[vae_key] = load_vae(vae, vae_dtype).to(device)
+                # cuDNN's fast path for bf16 convolutions wants channels-last tensors.
+                bf16_on_gpu = device.type == "cuda" and vae_dtype == torch.bfloat16
+                layout = torch.channels_last if bf16_on_gpu else torch.preserve_format
+                _cache[vae_key] = load_vae(vae, vae_dtype).to(device, memory_format=layout)
             vae = _cache[vae_key]
     return DiMRPipeline(model=model, vae=vae, scheduler=scheduler)
 
