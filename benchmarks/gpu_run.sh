@@ -20,6 +20,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     || { echo "installing the carried wheels failed" >&2; exit 1; }
   export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# The package from this checkout, whether or not it is installed (`pip install -e .`).
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader || true
 official=()

@@ -14,6 +14,8 @@ import inspect
 import json
 import math
 import time
+from pathlib import Path
+
 import torch
 from safetensors.torch import load_file
 
