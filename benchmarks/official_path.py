@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import torch
 
-NUM_TRAIN_STEPS = 1000
+from dimr.config import NUM_TRAIN_TIMESTEPS
 
 
 class OfficialCode:
@@ -81,10 +81,10 @@ class OfficialCode:
             return [out.float() for out in outputs][-1]
 
         def model_fn(x, t_continuous):
-            log_snr = (t_continuous * NUM_TRAIN_STEPS).float() / 1000 * 8 - 4
+            log_snr = (t_continuous * NUM_TRAIN_TIMESTEPS).float() / NUM_TRAIN_TIMESTEPS * 8 - 4
             cond = network(x, log_snr, class_labels)
             uncond = network(x, log_snr, torch.tensor([null_class] * x.size(0), device=device))
             return cond + cfg_scale * (cond - uncond)
 
         solver = self.DPM_Solver(model_fn, schedule, predict_x0=True, thresholding=False)
-        return solver.sample(noise, steps=steps, eps=1.0 / NUM_TRAIN_STEPS, T=1.0)
+        return solver.sample(noise, steps=steps, eps=1.0 / NUM_TRAIN_TIMESTEPS, T=1.0)

@@ -5,6 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dimr.config import NUM_TRAIN_TIMESTEPS
+
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = ["two_branch", "three_branch"]
 
@@ -33,7 +35,7 @@ class Golden:
 
 def timestep_from_log_snr(log_snr):
     """Inverse of the official time input log_snr = 8 n / 1000 - 4, with n = k + 1."""
-    return (log_snr + 4) / 8 * 1000 - 1
+    return (log_snr + 4) / 8 * NUM_TRAIN_TIMESTEPS - 1
 
 
 @pytest.fixture(params=GOLDEN)
