@@ -70,7 +70,7 @@ class OfficialCode:
         `autocast_dtype=None` runs the network in float32 (for checks on CPU)."""
         device = noise.device
         null_class = nnet.stages[0].class_embeds.num_embeddings - 1
-        betas = torch.linspace(0.00085**0.5, 0.012**0.5, NUM_TRAIN_STEPS, dtype=torch.float64) ** 2
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
         schedule = self.NoiseScheduleVP(schedule="discrete", betas=betas.to(device).float())
 
         def network(x, log_snr, y):
