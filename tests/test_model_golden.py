@@ -74,6 +74,14 @@ def test_gradient_checkpointing_recomputes_blocks_and_gives_the_same_gradients(g
     assert not checkpointed_calls
 
 
+def test_the_model_keeps_its_config_normalised(golden):
+    from dimr.config import normalize_official_config
+
+    model = golden.model()
+    assert model.config.stage_configs == normalize_official_config(golden.config)["stage_configs"]
+    assert all("head_patch_size" in stage for stage in model.config.stage_configs), "defaults filled in"
+
+
 def test_save_and_load_pretrained_roundtrip(golden, tmp_path):
     from dimr import DiMRModel
 
