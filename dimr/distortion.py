@@ -248,9 +248,9 @@ def cli_main(args):
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     if args.store:
-        from .loading import _model_dir
+        from .loading import model_files
 
-        path = _model_dir(args.model) / STORED_RESULT
+        path = model_files(args.model).directory / STORED_RESULT
         path.write_text(json.dumps(record, indent=1) + "\n")
         print(f"stored in {path}")
     return 0
