@@ -26,8 +26,9 @@ from safetensors.torch import load_file, save_file
 
 from .data.corruptions import KINDS, corrupt
 from .data.shapes import CLASS_NAMES, colourise, make_dataset, render_coverage, sample_parameters, to_model_range
+from .loading import CHECKPOINTS_DIR
 
-CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-classifier"
+CLASSIFIER_DIR = CHECKPOINTS_DIR / "shapes-classifier"
 TRAIN_SEED, VALIDATION_SEED = 1, 3  # the diffusion models train on seed 0; the distortion lab's real data is seed 2
 # Corrupted renders use their own seeds, so "none" never shares a drawing with a real training image.
 CORRUPT_TRAIN_SEED, CORRUPT_VALIDATION_SEED = 11, 13

@@ -3,7 +3,7 @@
     python -m dimr train --config configs/tiny-dimr.json [--device cuda] [--max-minutes M] [--resume]
     python -m dimr train --config configs/tiny-dimr.json --cost      # parameters and forward FLOPs
 
-The recipe (see docs/dimr-reference.md, "Training"): epsilon prediction on Stable Diffusion's scaled-linear
+The recipe (the official DiMR training, as its configs and the paper describe it): epsilon prediction on Stable Diffusion's scaled-linear
 schedule, timestep index k uniform in 0..999 (the model's diffusers convention), label dropout to the null
 class, and the multi-scale loss: branch l, whose prediction is f = model.branch_scales[l] times smaller than
 the image, is trained against the noise sum-pooled over f x f windows and divided by f, which keeps unit
@@ -42,14 +42,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .config import NUM_TRAIN_TIMESTEPS, REPO_ROOT
 from .data.shapes import CLASS_NAMES, make_dataset, to_model_range, to_uint8
 from .grids import save_png, tile
+from .loading import CHECKPOINTS_DIR
 from .model import DiMRModel, count_parameters
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO / "configs"
-CHECKPOINT_DIR = REPO / "checkpoints"
-RUNS_DIR = REPO / "runs"
+CONFIG_DIR = REPO_ROOT / "configs"
+RUNS_DIR = REPO_ROOT / "runs"
 
 TRAIN_DEFAULTS = {
     "batch_size": 512,
@@ -67,7 +67,6 @@ TRAIN_DEFAULTS = {
     "min_snr_gamma": None,  # weight each sample's loss by min(SNR, gamma) / SNR (Hang et al. 2023); None: equal
 }
 DATA_DEFAULTS = {"num_images": 200000, "seed": 0}
-NUM_TRAIN_TIMESTEPS = 1000
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -632,7 +631,7 @@ def cli_main(args):
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    export = args.export or str(CHECKPOINT_DIR / config["name"])
+    export = args.export or str(CHECKPOINTS_DIR / config["name"])
     train(config, args.run_dir or RUNS_DIR / config["name"], device=device, max_steps=args.max_steps,
           max_minutes=args.max_minutes, resume=args.resume, export_dir=None if export == "none" else export,
           compile=args.compile, sync_dir=args.sync_dir, log_every=args.log_every,
