@@ -29,11 +29,10 @@ from PIL import Image
 from . import defaults
 from .acceleration import accelerate_pipeline, default_mode, mode_dtype
 from .classifier import load_classifier
-from .config import VARIANTS, variant_config
 from .data.shapes import CLASS_NAMES, make_dataset
 from .distortion import judge, stored_result
 from .labels import labels_for_model
-from .loading import BUNDLED, CHECKPOINTS_DIR, MODELS, default_device, load_pipeline
+from .loading import BUNDLED, CHECKPOINTS_DIR, MODELS, default_device, load_pipeline, model_config
 from .model import DiMRModel
 from .pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS, check_guidance, check_num_inference_steps
 from .pipeline import make_scheduler
@@ -98,12 +97,8 @@ def check_model(name):
 def _model_outline(name):
     """A model object on the meta device: its config, labels and branches without loading (or downloading) weights."""
     check_model(name)
-    if name in VARIANTS:
-        config = variant_config(name)
-    else:
-        config = DiMRModel.load_config(CHECKPOINTS_DIR / name if name in MODELS else name)
     with torch.device("meta"):
-        return DiMRModel.from_config(config)
+        return DiMRModel.from_config(model_config(name))
 
 
 def model_labels(name):
@@ -354,15 +349,14 @@ def stream(request, stop=None):
         # shared with other work: 0.33 s with one thread, 11-24 s with two, for 2 images x 10 steps).
         torch.set_num_threads(1 if dev.type == "cpu" and pipe.is_pixel_space else CPU_THREADS)
         try:
-            # bf16 autocast on GPUs (whatever the weights' dtype); the pipeline decodes the VAE outside autocast.
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                start = time.perf_counter()
-                out = pipe(request.labels, guidance_scale=request.guidance_scale,
-                           guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
-                           num_inference_steps=steps, generator=torch.Generator(dev).manual_seed(request.seed),
-                           output_type="np", return_branches=True, branch_steps=panel_steps(pipe, steps),
-                           callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["branch_x0_pred"])
-                result["out"], result["seconds"] = out, time.perf_counter() - start
+            # The precision is the acceleration mode's alone (the weights' dtype): no autocast here.
+            start = time.perf_counter()
+            out = pipe(request.labels, guidance_scale=request.guidance_scale,
+                       guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
+                       num_inference_steps=steps, generator=torch.Generator(dev).manual_seed(request.seed),
+                       output_type="np", return_branches=True, branch_steps=panel_steps(pipe, steps),
+                       callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["branch_x0_pred"])
+            result["out"], result["seconds"] = out, time.perf_counter() - start
         except BaseException as err:  # re-raised in the caller's thread
             result["error"] = err
         finally:
