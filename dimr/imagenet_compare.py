@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import demo
+from .config import VARIANTS
 from .loading import _hub_endpoint, _hub_reachable
 from .pipeline import check_guidance
 from .weights import CheckpointError
@@ -66,9 +67,13 @@ class Request:
     def check(cls, classes, images_per_class=1, num_inference_steps=DEFAULT_STEPS, seed=0,
               dimr_guidance_scale=DIMR_GUIDANCE, dit_guidance_scale=DIT_GUIDANCE, patch_grid=False):
         """Validate everything before any model is loaded; ValueError names the bad value and what is allowed."""
+        for side, scale in (("dimr", dimr_guidance_scale), ("dit", dit_guidance_scale)):
+            try:
+                check_guidance(scale)
+            except ValueError as err:
+                raise ValueError(f"{side}_{err}") from None  # the message starts with "guidance_scale"
         dimr = demo.Request.check(imagenet_dimr_model(), classes, images_per_class, dimr_guidance_scale,
                                   num_inference_steps=num_inference_steps, seed=seed)
-        check_guidance(dit_guidance_scale)
         if not isinstance(patch_grid, (bool, np.bool_)):
             raise ValueError(f"patch_grid must be true or false, got {patch_grid!r}")
         return cls(dimr, float(dit_guidance_scale), bool(patch_grid))
@@ -148,6 +153,22 @@ def _dit_pipeline(torch_dtype, local_files_only):
     config = diffusers.DDIMScheduler.load_config(DIT_REPO, subfolder="scheduler", local_files_only=local_files_only)
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
     return DiTPipeline(transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler)
+
+
+def missing_weights():
+    """What a first comparison still has to download, e.g. ['DiT-XL/2 (3 GB transformer + 335 MB VAE)']; [] when
+    both models are at hand (looks at local files only)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from .loading import MODELS, _released_weights_available
+
+    missing = []
+    dimr = imagenet_dimr_model()
+    if dimr in VARIANTS and not _released_weights_available(dimr):
+        missing.append(f"{dimr} ({MODELS[dimr].split('(')[-1].rstrip(')')})")
+    if not isinstance(try_to_load_from_cache(DIT_REPO, "transformer/diffusion_pytorch_model.bin"), str):
+        missing.append(f"{DIT_NAME} ({DIT_DOWNLOAD})")
+    return missing
 
 
 def initial_noise(batch, shape, seed):

@@ -149,8 +149,9 @@ def test_the_patch_grid_marks_every_token_border_and_nothing_else():
 @pytest.mark.parametrize("arguments, message", [
     (dict(classes=["not a class at all"]), "not a class at all"),
     (dict(classes=[]), "no class chosen"),
-    (dict(classes=[1], dit_guidance_scale=-1), "guidance_scale=-1"),
-    (dict(classes=[1], dit_guidance_scale="high"), "guidance_scale must be a finite number"),
+    (dict(classes=[1], dit_guidance_scale=-1), "^dit_guidance_scale=-1 is negative"),
+    (dict(classes=[1], dimr_guidance_scale=float("nan")), "^dimr_guidance_scale must be a finite number"),
+    (dict(classes=[1], dit_guidance_scale="high"), "^dit_guidance_scale must be a finite number"),
     (dict(classes=[1], patch_grid="yes"), "patch_grid must be true or false"),
     (dict(classes=[1], num_inference_steps=0), "num_inference_steps=0"),
     (dict(classes=[1, 2], images_per_class=9), "at most 16"),
@@ -196,3 +197,30 @@ def test_the_wait_estimate_grows_with_steps_and_images(tiny_setup):
     assert 0 < one < estimate(num_inference_steps=20) and one < estimate(num_inference_steps=10, images_per_class=2)
     assert imagenet_compare.wait_note(30) == "about 30 seconds"
     assert imagenet_compare.wait_note(600) == "about 10 minutes"
+
+
+def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path):
+    """`python app.py` with DIMR_MODEL = the tiny ImageNet DiMR and the tiny DiT in its Hugging Face cache."""
+    from gradio_client import Client
+
+    from app_server import running_app
+
+    put_dit_in_hub_cache(tmp_path / "hf-home" / "hub", tiny_dit())
+    env = {"DIMR_MODEL": str(save_tiny_imagenet_dimr(tmp_path / "dimr")), "DIMR_DEVICE": "cpu",
+           "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub")}
+    with running_app(tmp_path, env) as (url, _):
+        client = Client(url, verbose=False)
+        dimr, dit, panel, status = client.predict(
+            classes=["golden retriever", 88], images_per_class=1, num_inference_steps=2, seed=0,
+            dimr_guidance_scale=1.4, dit_guidance_scale=4.0, patch_grid=True, api_name="/compare_imagenet")
+        assert [item["caption"] for item in dimr] == [item["caption"] for item in dit] == ["golden retriever", "macaw"]
+        for item in dimr + dit:
+            with Image.open(item["image"]) as image:
+                assert image.size == (256, 256) and np.asarray(image).std() > 0
+        assert [item["caption"] for item in panel] == ["8x8 latent branch", "16x16 latent branch",
+                                                       "final: golden retriever", "8x8 latent branch",
+                                                       "16x16 latent branch", "final: macaw"]
+        assert "Same noise (seed 0)" in status and "DiT-XL/2: 2 images, 2 steps" in status
+        with pytest.raises(Exception, match="dit_guidance_scale=-2 is negative"):
+            client.predict(classes=[1], images_per_class=1, num_inference_steps=2, seed=0, dimr_guidance_scale=1.4,
+                           dit_guidance_scale=-2, patch_grid=False, api_name="/compare_imagenet")
