@@ -30,9 +30,8 @@ from PIL import Image, ImageDraw
 
 from . import demo
 from .config import VARIANTS
-from .loading import _hub_endpoint, _hub_reachable
+from .loading import cached_or_downloaded
 from .pipeline import check_guidance
-from .weights import CheckpointError
 
 DIT_REPO = "facebook/DiT-XL-2-256"
 DIT_NAME = "DiT-XL/2"
@@ -43,6 +42,8 @@ DIMR_GUIDANCE = 1.4  # the official constant guidance, cond + 0.4 (cond - uncond
 DIT_GUIDANCE = 4.0  # diffusers' DiTPipeline default (the DiT paper's FID 2.27 used 1.5 with 250 DDPM steps)
 DEFAULT_STEPS = 50
 PATCH_GRID_COLOR = (255, 255, 255, 110)
+# The XL networks' float32 forwards on a CPU reach about this share of a plain 1024^3 matmul's FLOP/s (README).
+NETWORK_EFFICIENCY = 0.75
 
 _dit_cache = {}
 _dit_lock = threading.Lock()
@@ -124,19 +125,9 @@ def clear_dit_cache():
 
 
 def _load_dit(torch_dtype):
-    try:
-        return _dit_pipeline(torch_dtype, local_files_only=True)
-    except OSError:
-        pass  # not (completely) in the Hugging Face cache
     how = (f"On a connected machine run `huggingface-cli download {DIT_REPO}` ({DIT_DOWNLOAD}) and copy the "
            f"Hugging Face cache (HF_HOME) here.")
-    if not _hub_reachable():
-        raise CheckpointError(f"the {DIT_NAME} weights ({DIT_REPO}) are not in the Hugging Face cache and the hub "
-                              f"({_hub_endpoint()}) cannot be reached (or HF_HUB_OFFLINE is set). {how}")
-    try:
-        return _dit_pipeline(torch_dtype, local_files_only=False)
-    except OSError as err:
-        raise CheckpointError(f"could not download {DIT_REPO}: {str(err).splitlines()[0]}. {how}") from err
+    return cached_or_downloaded(lambda **hub: _dit_pipeline(torch_dtype, **hub), f"{DIT_REPO} ({DIT_NAME})", how)
 
 
 def _dit_pipeline(torch_dtype, local_files_only):
@@ -274,9 +265,9 @@ def describe(comparison):
 
 
 def estimate_seconds(request, dimr_pipe, dit_pipe):
-    """Roughly how long a comparison takes: both networks' FLOPs per step (with guidance, twice the batch), the
-    VAE decodes (DiMR's branch panel decodes every branch at up to demo.MAX_PANEL_STEPS_LATENT steps), divided by
-    this device's float32 matrix-multiply speed. Meant for CPUs, where the wait is minutes."""
+    """Roughly how long a comparison takes, in seconds: both networks' FLOPs per step (with guidance, twice the
+    batch) plus the VAE decodes (final images, DiMR's previews and branch panel), divided by NETWORK_EFFICIENCY x
+    this device's float32 matrix-multiply speed. Meant for CPUs, where the wait is many minutes."""
     r = request.dimr
     batch, steps = len(r.labels), r.num_inference_steps
     shape = (1, *dimr_pipe.latent_shape)
@@ -287,9 +278,12 @@ def estimate_seconds(request, dimr_pipe, dit_pipe):
                                                                  class_labels=torch.tensor([0])))
     decode_flops = _forward_flops(dimr_pipe.vae, lambda m: m.decode(torch.zeros(shape)))
     panel_decodes = len(demo.panel_steps(dimr_pipe, steps)) * len(dimr_pipe.model.branch_scales)
+    # Decodes per image: both final images, the panel, and about one DiMR preview per step (a CPU step of a
+    # latent model takes longer than demo.PREVIEW_INTERVAL_S).
+    decodes = 2 + panel_decodes + steps
     total = (steps * batch * ((1 + (r.guidance_scale != 1)) * dimr_flops + (1 + (request.dit_guidance_scale > 1))
-                              * dit_flops) + batch * (2 + panel_decodes) * decode_flops)
-    return total / matmul_speed(str(dimr_pipe.device))
+                              * dit_flops) + batch * decodes * decode_flops)
+    return total / (NETWORK_EFFICIENCY * matmul_speed(str(dimr_pipe.device)))
 
 
 def _forward_flops(module, call):

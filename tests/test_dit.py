@@ -224,3 +224,11 @@ def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path):
         with pytest.raises(Exception, match="dit_guidance_scale=-2 is negative"):
             client.predict(classes=[1], images_per_class=1, num_inference_steps=2, seed=0, dimr_guidance_scale=1.4,
                            dit_guidance_scale=-2, patch_grid=False, api_name="/compare_imagenet")
+
+
+def test_the_tab_note_lists_the_weights_a_first_comparison_downloads(hub_cache, monkeypatch):
+    monkeypatch.delenv("DIMR_MODEL", raising=False)
+    assert imagenet_compare.missing_weights() == ["DiMR-XL/2R (downloads 2 GB + the SD VAE)",
+                                                  "DiT-XL/2 (3 GB transformer + 335 MB VAE)"]
+    put_dit_in_hub_cache(hub_cache, tiny_dit())
+    assert imagenet_compare.missing_weights() == ["DiMR-XL/2R (downloads 2 GB + the SD VAE)"]
