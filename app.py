@@ -179,7 +179,7 @@ IMAGENET_HELP = f"""
 The paper's claim on real images: **{imagenet_compare.DIT_NAME}** (diffusers' DiT, 16x16 tokens of 2x2 latent
 patches) and **DiMR** ({imagenet_compare.imagenet_dimr_model()}) sample the same classes from **one and the same
 initial noise tensor**, each with its own published settings (DiMR: dpm-solver-3s, guidance 1.4; DiT: its repo's
-DDIM scheduler, its own guidance on the noise channels, 4.0). Paper, ImageNet 256: distortion rate DiT-XL/2 71.0%,
+scheduler (DDIM), its own guidance on the noise channels, 4.0). Paper, ImageNet 256: distortion rate DiT-XL/2 71.0%,
 DiMR-XL/2R 29.2%; FID 2.27 and 1.70. *Patch grid* draws DiT's token borders on its images: look for breaks there.
 """
 

@@ -172,13 +172,16 @@ def dit_denoise(pipe, class_ids, latents, guidance_scale=DIT_GUIDANCE, num_infer
     """DiTPipeline's sampling loop from given latents; yields the latents (float32) after every step.
 
     Differences that leave the result unchanged: the scheduler is a fresh copy per call (concurrent calls are
-    safe), only the conditional half of the batch is stepped (DiTPipeline steps two equal halves), and the
-    latents stay float32 between steps when the transformer runs in bf16."""
+    safe), only the conditional half of the batch is stepped (DiTPipeline steps two equal halves), the latents
+    stay float32 between steps when the transformer runs in bf16, and they start scaled by the scheduler's
+    init_noise_sigma (1 for DDIM)."""
     transformer = pipe.transformer
     channels = transformer.config.in_channels
     device = latents.device
     scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(num_inference_steps)
+    # DiTPipeline leaves this out: 1 for DDIM and DPM-Solver, needed by sigma-based schedulers (Euler, Heun).
+    latents = latents * scheduler.init_noise_sigma
     guided = guidance_scale > 1
     labels = torch.tensor(list(class_ids), device=device)
     if guided:
