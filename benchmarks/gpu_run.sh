@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU measurement of issue 6 in one call: DiMR-XL/2R sampling, ours (fast mode) vs the official path.
+# The GPU sampling benchmark in one call: DiMR-XL/2R sampling, ours (fast mode) vs the official path.
 #
 #   benchmarks/gpu_run.sh OUTDIR [more benchmarks/sampling.py arguments]
 #
-# Needs, beside the repo: .whl/ (diffusers wheel: the GPU image lacks it) and .official/ (a copy of
-# github.com/qihao067/DiMR: git -C MIRROR archive HEAD | tar -x -C .official), both git-ignored and
-# carried to the machine. Writes OUTDIR/sampling.json (rewritten after every measurement, so a cut-off run
+# Needs, in the repo: .official/ (a copy of github.com/qihao067/DiMR: git -C MIRROR archive HEAD | tar -x -C
+# .official) and, where the machine's Python lacks a package, its wheels in .whl/ (installed into .whl/site);
+# both are git-ignored. Writes OUTDIR/sampling.json (rewritten after every measurement, so a cut-off run
 # keeps what it measured) and OUTDIR/sampling.log. No measurement starts after BUDGET seconds (default
 # 240); the whole script is killed after BUDGET + 90. Copy sampling.json to benchmarks/results/<device>.json.
 set -uo pipefail
@@ -16,10 +16,12 @@ PY=${PYTHON:-python3}
 BUDGET=${BUDGET:-240}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .whl/site .whl/*.whl \
     || { echo "installing the carried wheels failed" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# The package from this checkout, whether or not it is installed (`pip install -e .`).
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader || true
 official=()

@@ -13,6 +13,7 @@ Exits with status 1 if any request fails.
 """
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -21,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
+from dimr.config import REPO_ROOT
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_CONCURRENCY = 64  # the app's queue holds 64 requests
 
@@ -97,11 +99,12 @@ def main():
             parser.error("--pid is needed with --url (the server's process, for its memory)")
         load_test(args.url, args.pid, args)
         return 0
-    sys.path.insert(0, str(ROOT / "tests"))
-    from app_server import running_app
-
+    # The tests' server helper, loaded from its file (tests/ is no package).
+    spec = importlib.util.spec_from_file_location("app_server", REPO_ROOT / "tests" / "app_server.py")
+    app_server = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_server)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, running_app(tmp) as (url, process):
+    with tempfile.TemporaryDirectory() as tmp, app_server.running_app(tmp) as (url, process):
         print(f"`python app.py` answered HTTP after {time.perf_counter() - start:.1f} s")
         load_test(url, process.pid, args)
     return 0

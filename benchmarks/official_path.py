@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import torch
 
-NUM_TRAIN_STEPS = 1000
+from dimr.config import NUM_TRAIN_TIMESTEPS
 
 
 class OfficialCode:
@@ -70,7 +70,7 @@ class OfficialCode:
         `autocast_dtype=None` runs the network in float32 (for checks on CPU)."""
         device = noise.device
         null_class = nnet.stages[0].class_embeds.num_embeddings - 1
-        betas = torch.linspace(0.00085**0.5, 0.012**0.5, NUM_TRAIN_STEPS, dtype=torch.float64) ** 2
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
         schedule = self.NoiseScheduleVP(schedule="discrete", betas=betas.to(device).float())
 
         def network(x, log_snr, y):
@@ -81,10 +81,10 @@ class OfficialCode:
             return [out.float() for out in outputs][-1]
 
         def model_fn(x, t_continuous):
-            log_snr = (t_continuous * NUM_TRAIN_STEPS).float() / 1000 * 8 - 4
+            log_snr = (t_continuous * NUM_TRAIN_TIMESTEPS).float() / NUM_TRAIN_TIMESTEPS * 8 - 4
             cond = network(x, log_snr, class_labels)
             uncond = network(x, log_snr, torch.tensor([null_class] * x.size(0), device=device))
             return cond + cfg_scale * (cond - uncond)
 
         solver = self.DPM_Solver(model_fn, schedule, predict_x0=True, thresholding=False)
-        return solver.sample(noise, steps=steps, eps=1.0 / NUM_TRAIN_STEPS, T=1.0)
+        return solver.sample(noise, steps=steps, eps=1.0 / NUM_TRAIN_TIMESTEPS, T=1.0)

@@ -1,4 +1,4 @@
-"""Command line: `python -m dimr {convert,sample,train,distortion} ...`."""
+"""Command line: `python -m dimr {convert,sample,train,distortion} ...` (`dimr ...` once `pip install -e .`)."""
 
 import argparse
 import importlib
@@ -15,7 +15,8 @@ COMMANDS = {
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m dimr", description=__doc__)
+    prog = "python -m dimr" if sys.argv[0].endswith("__main__.py") else "dimr"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     for name, (module, help_text) in COMMANDS.items():

@@ -1,25 +1,32 @@
-"""Fast sampling on a GPU: bf16 weights, compiled blocks and CUDA graphs, applied to a DiMRPipeline in place.
+"""Fast sampling on a GPU: bf16 weights, compiled blocks and CUDA graphs, chosen by one mode.
 
     mode = default_mode(device)                        # "fast" on CUDA, "none" elsewhere
-    pipe = load_pipeline(name, device=device, torch_dtype=mode_dtype(mode))
-    accelerate_pipeline(pipe, mode)
+    pipe = accelerate_pipeline(load_pipeline(name, device=device, torch_dtype=mode_dtype(mode)), mode)
 
 Modes, each adding to the one before (CPU supports only "none": bf16 there is hundreds of times slower):
 - "none": unchanged, float32.
-- "bf16": network and VAE weights in bfloat16, so every matrix product, convolution and attention (flash
-  attention through scaled_dot_product_attention) runs on bf16 tensor cores without per-call weight casts;
-  the VAE also in channels-last layout (cuDNN's fast path for bf16 convolutions).
+- "bf16": network and VAE weights in bfloat16 (loaded so: `mode_dtype`), so every matrix product, convolution
+  and attention (flash attention through scaled_dot_product_attention) runs on bf16 tensor cores without
+  per-call weight casts; `dimr.loading` keeps a bf16 VAE on CUDA in channels-last layout (cuDNN's fast path).
 - "fast": "bf16" + `torch.compile` of every block, cascade and head (compiled once per block type: the
   blocks of a branch share their code) + one CUDA graph per input shape for the whole network call, which
   removes the per-kernel launch cost that dominates small batches. Compile or capture failures fall back
   to eager with a logged warning (as does a missing compiler or Triton).
 
-The pipeline keeps its own loop free of host syncs, so the graph replays back to back. Call this after
-the pipeline is on its device: a CUDA graph keeps the addresses of the weights it captured.
+The network and VAE are shared by every pipeline `load_pipeline` returns for the same model, device and dtype,
+so nothing here changes them: a mode whose dtype differs from the network's is refused, and "fast" compiles a
+copy of the network's modules that shares its weights, kept once per network. Only the pipeline object (new
+for every `load_pipeline` call) is told which network call to run. The pipeline keeps its own loop free of host
+syncs, so the graph replays back to back. Call this after the pipeline is on its device: a CUDA graph keeps the
+addresses of the weights it captured.
 """
 
+import copy
+import importlib.util
+import itertools
 import logging
 import threading
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -28,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 MODES = ("none", "bf16", "fast")
 MAX_GRAPHS = 4  # CUDA graphs kept per network (one per input shape), least recently used dropped first
+_fast_networks = weakref.WeakKeyDictionary()  # network -> its FastNetwork, so that compiling happens once
+_fast_networks_lock = threading.Lock()
 
 
 def default_mode(device):
@@ -42,40 +51,34 @@ def mode_dtype(mode):
 
 
 def accelerate_pipeline(pipe, mode="fast", compile=True, cuda_graphs=True):
-    """Speed up `pipe` (a DiMRPipeline) in place for `mode` and return it.
+    """Make `pipe` (a DiMRPipeline loaded with `torch_dtype=mode_dtype(mode)`) sample in `mode`; returns it.
 
     compile / cuda_graphs switch off the two parts of "fast" (for measuring each; both on by default).
-    Applying a mode twice, or "bf16" then "fast", is fine; going back to a lower mode is not supported.
+    The network and VAE are left as they are (see the module docstring).
     """
     _check_mode(mode)
     if mode == "none":
         return pipe
+    if pipe.model.dtype != mode_dtype(mode):
+        raise ValueError(f"mode {mode!r} runs a {mode_dtype(mode)} network, but this pipeline's is {pipe.model.dtype}; "
+                         f"load it with load_pipeline(..., torch_dtype=mode_dtype({mode!r}))")
     device = pipe.model.device
     if device.type != "cuda":
         raise ValueError(f"mode {mode!r} needs a CUDA device, but the pipeline is on {device}; "
                          "use mode 'none' (bf16 on CPU is hundreds of times slower than float32)")
-    if pipe.model.dtype != torch.bfloat16:
-        pipe.model.to(torch.bfloat16)
-    if pipe.vae is not None:
-        pipe.vae.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
     if mode == "fast":
-        make_fast(pipe.model, compile=compile, cuda_graphs=cuda_graphs)
+        pipe.network = fast_network(pipe.model, compile=compile, cuda_graphs=cuda_graphs)
     return pipe
 
 
-def make_fast(model, compile=True, cuda_graphs=True, backend="inductor"):
-    """Compile `model`'s regions and route its network calls through a FastNetwork (any device; CUDA graphs
-    only act on CUDA tensors). Idempotent."""
-    compiled = compile and compile_regions(model, backend)
-    if not (compiled or cuda_graphs):
-        return model
-    forward = model.__dict__.get("forward_branches")
-    if isinstance(forward, FastNetwork):
-        forward.use_graphs = forward.use_graphs or cuda_graphs
-    else:
-        # An instance attribute shadows the method, so the pipeline (and model.forward) call this.
-        model.forward_branches = FastNetwork(model, cuda_graphs)
-    return model
+def fast_network(model, compile=True, cuda_graphs=True, backend="inductor"):
+    """The FastNetwork of `model`: made once per network and then shared (CUDA graphs act only on CUDA tensors)."""
+    with _fast_networks_lock:
+        network = _fast_networks.get(model)
+        if network is None:
+            network = _fast_networks[model] = FastNetwork(model, compile, cuda_graphs, backend)
+        network.use_graphs = network.use_graphs or cuda_graphs
+        return network
 
 
 def _check_mode(mode):
@@ -83,35 +86,22 @@ def _check_mode(mode):
         raise ValueError(f"unknown acceleration mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def compile_regions(model, backend="inductor"):
-    """torch.compile every block, cascade and head of `model` in place; False (with a warning) if unavailable.
+def compiled_copy(model, backend="inductor"):
+    """A copy of `model`'s modules sharing its weights, with every block, cascade and head compiled; None (with a
+    warning) where torch.compile is unavailable.
 
     Blocks of one branch run the same code on same-shaped tensors, so they share one compiled graph: this
     compiles a handful of small graphs instead of the whole unrolled network, in seconds rather than minutes.
     """
-    if not hasattr(torch, "compile") or (model.device.type == "cuda" and not _has_triton()):
+    if model.device.type == "cuda" and importlib.util.find_spec("triton") is None:
         logger.warning("torch.compile is unavailable here (no Triton); running the network eagerly")
-        return False
-    for stage in model.stages:
-        regions = [*stage.blocks, stage.output_layer] + ([stage.upsample] if hasattr(stage, "upsample") else [])
-        for region in regions:
-            if getattr(region, "_compiled_call_impl", None) is None:
-                region.compile(backend=backend)
-    return True
-
-
-def uncompile_regions(model):
-    for module in model.modules():
-        if getattr(module, "_compiled_call_impl", None) is not None:
-            module._compiled_call_impl = None
-
-
-def _has_triton():
-    try:
-        from torch.utils._triton import has_triton
-    except ImportError:
-        return False
-    return has_triton()
+        return None
+    shared = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
+    copied = copy.deepcopy(model, memo=shared)
+    for stage in copied.stages:
+        for region in [*stage.blocks, stage.output_layer] + ([stage.upsample] if hasattr(stage, "upsample") else []):
+            region.compile(backend=backend)
+    return copied
 
 
 class _Graph:
@@ -140,21 +130,25 @@ class _Graph:
 
 
 class FastNetwork:
-    """Stands in for `model.forward_branches` in "fast" mode.
+    """The network call of "fast" mode (`pipe.network`), for one network.
 
-    The first call of each input shape runs the (compiled) network once; if compilation fails, the
-    blocks are un-compiled with a warning and the call runs eagerly. With `use_graphs`, that shape is then
-    captured as a CUDA graph and replayed on later calls (a failed capture turns graphs off, with a
-    warning). Calls with autograd on run the network directly.
+    The first call of each input shape runs the compiled copy of the network once; if compilation fails,
+    the copy is dropped with a warning and the call runs the network itself, eagerly. With `use_graphs`,
+    that shape is then captured as a CUDA graph and replayed on later calls (a failed capture turns graphs
+    off, with a warning). Calls with autograd on run the network directly.
     """
 
-    def __init__(self, model, use_graphs):
-        self.model = model
-        self.forward_branches = type(model).forward_branches.__get__(model)
+    def __init__(self, model, compile=True, use_graphs=True, backend="inductor"):
+        self.model = weakref.ref(model)  # the network owns this object, not the other way round
+        self.compiled = compiled_copy(model, backend) if compile else None
         self.use_graphs = use_graphs
         self.seen = set()
         self.graphs = OrderedDict()
-        self.lock = threading.Lock()  # one pipeline may serve several threads; graph buffers are shared
+        self.lock = threading.Lock()  # one network may serve several threads; graph buffers are shared
+
+    def forward_branches(self, sample, timestep, class_labels):
+        """The network's forward_branches: the compiled copy's while there is one."""
+        return (self.compiled or self.model()).forward_branches(sample, timestep, class_labels)
 
     def __call__(self, sample, timestep, class_labels):
         timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32)
@@ -178,12 +172,11 @@ class FastNetwork:
         try:
             return self.forward_branches(sample, timestep, class_labels)
         except Exception as err:
-            if not any(getattr(m, "_compiled_call_impl", None) is not None for m in self.model.modules()):
+            if self.compiled is None:
                 raise
             logger.warning("torch.compile failed (%s: %s); running the network eagerly", type(err).__name__, err)
-            uncompile_regions(self.model)
+            self.compiled = None
             return self.forward_branches(sample, timestep, class_labels)
-
     def _graph(self, key, sample, timestep, class_labels):
         """The graph for this input shape, captured now if new; None (graphs off) if capture fails."""
         if key in self.graphs:

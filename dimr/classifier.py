@@ -1,7 +1,12 @@
-"""A small CNN that recognises the shapes classes: the judge of the distortion rate.
+"""The judge of the distortion lab: a small CNN that names the shape in an image, or says "none of these".
 
-Trained on real (rendered) shapes only, like the paper's classifier trained on real images; it never sees a
-generated sample. Bundled in checkpoints/shapes-classifier/ (config.json + model.safetensors).
+It has one output per shapes class and one more, "none", learned from real renders broken the ways generative
+models break them (`dimr.data.corruptions`: blurred, blobbed, warped, patch-shuffled, texture-scrambled, cut,
+amorphous). A classifier that can only pick the closest of the ten classes calls a splotch of blobs
+"checkerboard"; with "none" it can refuse. It never sees a generated sample: real renders and their
+corruptions only, like the paper's classifier trained on real images. Its pooled features are the space in
+which the distortion measure computes the Frechet distance and precision/recall.
+Bundled in checkpoints/shapes-classifier/ (config.json + model.safetensors).
 
     python -m dimr.classifier [--device cuda] [--images 60000] [--epochs 4] [--out checkpoints/shapes-classifier]
 """
@@ -19,10 +24,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .data.shapes import CLASS_NAMES, make_dataset, to_model_range
+from .data.corruptions import KINDS, corrupt
+from .data.shapes import CLASS_NAMES, colourise, make_dataset, render_coverage, sample_parameters, to_model_range
+from .loading import CHECKPOINTS_DIR
 
-CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-classifier"
+CLASSIFIER_DIR = CHECKPOINTS_DIR / "shapes-classifier"
 TRAIN_SEED, VALIDATION_SEED = 1, 3  # the diffusion models train on seed 0; the distortion lab's real data is seed 2
+# Corrupted renders use their own seeds, so "none" never shares a drawing with a real training image.
+CORRUPT_TRAIN_SEED, CORRUPT_VALIDATION_SEED = 11, 13
+NONE = "none"
+JUDGE_CLASSES = [*CLASS_NAMES, NONE]
 
 
 def _conv_block(c_in, c_out):
@@ -32,7 +43,7 @@ def _conv_block(c_in, c_out):
 class ShapesClassifier(nn.Module):
     """Three stages of two 3x3 convolutions (32 -> 16 -> 8 px), global average pooling, a linear layer."""
 
-    def __init__(self, num_classes=len(CLASS_NAMES), width=16):
+    def __init__(self, num_classes=len(JUDGE_CLASSES), width=16):
         super().__init__()
         self.config = {"num_classes": num_classes, "width": width}
         w = width
@@ -43,17 +54,28 @@ class ShapesClassifier(nn.Module):
         )
         self.head = nn.Linear(4 * w, num_classes)
 
+    def embed(self, images):
+        """Images in [-1, 1] [B, 3, 32, 32] -> pooled features [B, 4 * width]."""
+        return self.features(images).mean(dim=(2, 3))
+
     def forward(self, images):
         """Images in [-1, 1] [B, 3, 32, 32] -> logits [B, num_classes]."""
-        return self.head(self.features(images).mean(dim=(2, 3)))
+        return self.head(self.embed(images))
 
     @torch.no_grad()
+    def probabilities_and_features(self, images_uint8, batch_size=500):
+        """(class probabilities [N, num_classes], pooled features [N, 4 * width]) of uint8 images [N, 3, H, W]."""
+        device = next(self.parameters()).device
+        probs, feats = [], []
+        for i in range(0, images_uint8.shape[0], batch_size):
+            features = self.embed(to_model_range(images_uint8[i : i + batch_size].to(device))).float()
+            probs.append(F.softmax(self.head(features), dim=1).cpu())
+            feats.append(features.cpu())
+        return torch.cat(probs), torch.cat(feats)
+
     def probabilities(self, images_uint8, batch_size=500):
         """Class probabilities [N, num_classes] of uint8 images [N, 3, H, W]."""
-        device = next(self.parameters()).device
-        out = [F.softmax(self(to_model_range(images_uint8[i : i + batch_size].to(device))).float(), dim=1).cpu()
-               for i in range(0, images_uint8.shape[0], batch_size)]
-        return torch.cat(out)
+        return self.probabilities_and_features(images_uint8, batch_size)[0]
 
 
 def save_classifier(model, out_dir, info):
@@ -62,7 +84,7 @@ def save_classifier(model, out_dir, info):
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    config = {**model.config, "class_names": CLASS_NAMES, **info}
+    config = {**model.config, "class_names": JUDGE_CLASSES, **info}
     (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
@@ -76,9 +98,9 @@ def load_classifier(path=CLASSIFIER_DIR, device="cpu"):
         raise FileNotFoundError(f"no shapes classifier in {path} (config.json + model.safetensors); "
                                 f"train one with `python -m dimr.classifier --out {path}`")
     config = json.loads((path / "config.json").read_text())
-    if config["class_names"] != CLASS_NAMES:
+    if config["class_names"] != JUDGE_CLASSES:
         raise ValueError(f"the classifier in {path} knows classes {config['class_names']}, "
-                         f"but the shapes dataset has {CLASS_NAMES}; retrain it")
+                         f"but the judge needs {JUDGE_CLASSES} (the shapes classes and 'none'); retrain it")
     model = ShapesClassifier(config["num_classes"], config["width"])
     model.load_state_dict(load_file(path / "model.safetensors"))
     return model.to(device).eval()
@@ -105,21 +127,62 @@ def add_pixel_noise(images_uint8, std, seed=0):
     return (images_uint8.float() + std * noise).round().clamp(0, 255).to(torch.uint8)
 
 
+def corrupted_dataset(num_images, seed, device="cpu"):
+    """Misdrawn shapes: renders of every class, each broken by one corruption kind (kinds in turn).
+
+    Returns (uint8 images [N, 3, 32, 32], the class each was drawn from [N], the kind of each [N]).
+    """
+    params = sample_parameters(num_images, seed)
+    kinds = [KINDS[i % len(KINDS)] for i in range(num_images)]
+    coverage = render_coverage(params, device=device)
+    coverage = corrupt(coverage, kinds, torch.Generator(device).manual_seed(seed))
+    return colourise(coverage, params), torch.as_tensor(params["labels"], device=device), kinds
+
+
+def judge_dataset(num_images, seed, corrupt_seed, device="cpu"):
+    """Real renders with their class and as many corrupted renders labelled "none", shuffled together."""
+    real, labels = make_dataset(num_images, seed, device=device)
+    broken, _, _ = corrupted_dataset(num_images, corrupt_seed, device=device)
+    images = torch.cat([real, broken])
+    labels = torch.cat([labels, torch.full_like(labels, JUDGE_CLASSES.index(NONE))])
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
+    return images[order], labels[order]
+
+
+def flag_rates(model, num_images=10000):
+    """Validation of the judge on held-out data: the share of real renders flagged (p(own class) < 0.5),
+    with and without faint noise, and the share of corrupted renders flagged, per corruption kind."""
+    real, labels = make_dataset(num_images, VALIDATION_SEED)
+    rates = {}
+    for std in (0, 8):
+        probs = model.probabilities(add_pixel_noise(real, std) if std else real)
+        rates[f"real_flagged{'' if std == 0 else f'_noise{std}'}"] = (
+            probs[torch.arange(num_images), labels] < 0.5).float().mean().item()
+    broken, broken_labels, kinds = corrupted_dataset(num_images, CORRUPT_VALIDATION_SEED)
+    flagged = model.probabilities(broken)[torch.arange(num_images), broken_labels] < 0.5
+    rates["corrupted_flagged"] = flagged.float().mean().item()
+    for kind in KINDS:
+        mask = torch.tensor([k == kind for k in kinds])
+        rates[f"corrupted_flagged_{kind}"] = flagged[mask].float().mean().item()
+    return {k: round(v, 5) for k, v in rates.items()}
+
+
 def train_classifier(num_images=60000, epochs=4, batch_size=256, lr=3e-3, width=16, device="cpu", seed=0,
                      progress=True):
-    """Train on `num_images` rendered shapes; returns (model, info with validation accuracy and confidence)."""
+    """Train on `num_images` real renders and as many corrupted ones; returns (model, info with validation rates)."""
     torch.manual_seed(seed)
     device = torch.device(device)
-    images, labels = make_dataset(num_images, TRAIN_SEED, device=device)
-    model = ShapesClassifier(len(CLASS_NAMES), width).to(device, memory_format=torch.channels_last)
+    images, labels = judge_dataset(num_images, TRAIN_SEED, CORRUPT_TRAIN_SEED, device=device)
+    total = len(labels)
+    model = ShapesClassifier(len(JUDGE_CLASSES), width).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps = epochs * math.ceil(num_images / batch_size)
+    steps = epochs * math.ceil(total / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     start, step = time.monotonic(), 0
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(num_images, device=device)
-        for i in range(0, num_images, batch_size):
+        order = torch.randperm(total, device=device)
+        for i in range(0, total, batch_size):
             index = order[i : i + batch_size]
             x = _augment(to_model_range(images[index])).contiguous(memory_format=torch.channels_last)
             loss = F.cross_entropy(model(x), labels[index])
@@ -130,20 +193,15 @@ def train_classifier(num_images=60000, epochs=4, batch_size=256, lr=3e-3, width=
             step += 1
             if progress and step % 50 == 0:
                 print(f"epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss.item():.4f}", flush=True)
-    model.eval()
-    val_images, val_labels = make_dataset(10000, VALIDATION_SEED)
+    model.eval().to("cpu")
     info = {
-        "train_images": num_images, "train_seed": TRAIN_SEED, "epochs": epochs, "batch_size": batch_size,
+        "train_images": num_images, "train_corrupted_images": num_images, "train_seed": TRAIN_SEED,
+        "corrupt_train_seed": CORRUPT_TRAIN_SEED, "epochs": epochs, "batch_size": batch_size,
         "train_noise_std_max": round(MAX_TRAIN_NOISE * 127.5, 2),
-        "validation_images": len(val_labels), "validation_seed": VALIDATION_SEED,
+        "validation_images": 10000, "validation_seed": VALIDATION_SEED,
+        "corrupt_validation_seed": CORRUPT_VALIDATION_SEED, **flag_rates(model),
+        "train_minutes": round((time.monotonic() - start) / 60, 2),
     }
-    for std in (0, 8):
-        probs = model.probabilities(add_pixel_noise(val_images, std) if std else val_images)
-        p_true = probs[torch.arange(len(val_labels)), val_labels]
-        suffix = "" if std == 0 else f"_noise{std}"
-        info[f"validation_accuracy{suffix}"] = round((probs.argmax(1) == val_labels).float().mean().item(), 5)
-        info[f"validation_share_below_0.5{suffix}"] = round((p_true < 0.5).float().mean().item(), 5)
-    info["train_minutes"] = round((time.monotonic() - start) / 60, 2)
     return model, info
 
 

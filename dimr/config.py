@@ -1,6 +1,13 @@
-"""Model configs in the official field names: validation and the named variants."""
+"""Model configs in the official field names (validation, the named variants) and the project's fixed facts:
+the 1000-step training time table and where the repository's bundled files live."""
 
 import copy
+from pathlib import Path
+
+# Where checkpoints/, configs/ and assets/ live (the package sits in the repository, `pip install -e .`).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# DiMR is trained on a table of 1000 diffusion steps: timestep index k in 0..999, official time n = k + 1.
+NUM_TRAIN_TIMESTEPS = 1000
 
 STAGE_FIELDS = {
     # field: default (None = required)

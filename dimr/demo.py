@@ -24,9 +24,8 @@ import torch
 from PIL import Image
 
 from .acceleration import accelerate_pipeline, default_mode, mode_dtype
-from .config import VARIANTS, variant_config
 from .labels import labels_for_model
-from .loading import CHECKPOINTS_DIR, MODELS, default_device, load_pipeline
+from .loading import MODELS, default_device, load_pipeline, model_config
 from .model import DiMRModel
 from .pipeline import DEFAULT_SCHEDULER, check_guidance, check_num_inference_steps, make_scheduler
 
@@ -79,12 +78,8 @@ def check_model(name):
 def _model_outline(name):
     """A model object on the meta device: its config, labels and branches without loading (or downloading) weights."""
     check_model(name)
-    if name in VARIANTS:
-        config = variant_config(name)
-    else:
-        config = DiMRModel.load_config(CHECKPOINTS_DIR / name if name in MODELS else name)
     with torch.device("meta"):
-        return DiMRModel.from_config(config)
+        return DiMRModel.from_config(model_config(name))
 
 
 def model_labels(name):
@@ -264,6 +259,7 @@ def stream(request, stop=None, latents=None):
 
     latents: the initial noise [B, C, H, W] instead of noise drawn from the request's seed (dimr.imagenet_compare
     gives the same tensor to DiMR and DiT).
+
     The pipeline runs in the sampling thread so that previews can be yielded while it samples. Setting the
     `stop` event (or closing this generator, as Gradio does when the browser goes away) ends sampling after
     the current step."""
@@ -286,15 +282,15 @@ def stream(request, stop=None, latents=None):
         # shared with other work: 0.33 s with one thread, 11-24 s with two, for 2 images x 10 steps).
         torch.set_num_threads(1 if dev.type == "cpu" and pipe.is_pixel_space else CPU_THREADS)
         try:
-            # bf16 autocast on GPUs (whatever the weights' dtype); the pipeline decodes the VAE outside autocast.
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                start = time.perf_counter()
-                out = pipe(request.labels, guidance_scale=request.guidance_scale,
-                           guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
-                           num_inference_steps=steps, generator=torch.Generator(dev).manual_seed(request.seed),
-                           latents=latents, output_type="np", return_branches=True, branch_steps=panel_steps(pipe, steps),
-                           callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["branch_x0_pred"])
-                result["out"], result["seconds"] = out, time.perf_counter() - start
+            # The precision is the acceleration mode's alone (the weights' dtype): no autocast here.
+            start = time.perf_counter()
+            out = pipe(request.labels, guidance_scale=request.guidance_scale,
+                       guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
+                       num_inference_steps=steps, generator=torch.Generator(dev).manual_seed(request.seed),
+                       latents=latents, output_type="np", return_branches=True,
+                       branch_steps=panel_steps(pipe, steps),
+                       callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["branch_x0_pred"])
+            result["out"], result["seconds"] = out, time.perf_counter() - start
         except BaseException as err:  # re-raised in the caller's thread
             result["error"] = err
         finally:

@@ -1,15 +1,19 @@
-"""The distortion rate: the share of samples that the shapes classifier does not recognise as their class.
+"""The distortion measure of the shapes lab: how often samples are misdrawn, and how far they are from real shapes.
 
-    python -m dimr distortion --model tiny-dimr --samples 500 [--steps 25 --guidance 1.5]
-    python -m dimr distortion --model real --samples 500        # the same measure on real (rendered) data
+    python -m dimr distortion --model tiny-dimr --samples 500 [--steps 25 --guidance 3] [--save-grid g.png]
+    python -m dimr distortion --model real --samples 500        # the floor: real renders against real renders
 
 In the spirit of the paper's "distortion rate" (the share of samples a classifier trained on real images
-flags as low fidelity): a sample is distorted when the classifier's probability of the class it was asked
-for is below 0.5. At 0.5 the intended class is less likely than all others together: the shape is either
-another shape or none at all. The classifier is trained on real shapes only (with mild pixel noise added, so
-that the faint residual noise of samples does not count as distortion; the shape has to be wrong) and is
-confident on them (see checkpoints/shapes-classifier/config.json), so real data scores 0% and a flag means the
-sample itself is off, not the judge.
+flags as low fidelity): a sample is flagged when the judge's probability of the class it was asked for is
+below 0.5. The judge (`dimr.classifier`) knows the ten shapes and "none of these", learned from real renders
+broken the ways samples break (blurred, blobbed, warped, patch-shuffled, scrambled, cut, amorphous), so a
+splotch is refused instead of being called the nearest shape. It is trained with faint pixel noise, so the
+grain of a sample alone is not a flag; the shape has to be wrong.
+
+Beside the rate, the judge's pooled features give distances between sets: the Frechet distance (the FID
+formula, here in the judge's feature space) and improved precision/recall (Kynkaenniemi et al. 2019) against
+real renders, overall and the distance per class. Real against real (two independent sets of the same size)
+is the floor: a finite sample never reaches 0.
 
 Classes are spread evenly over the samples (sample i asks for class i mod 10) and the initial noise comes from
 one fixed seed, so two models are judged on the same noise and classes. The rate is printed with a 95% Wilson
@@ -22,11 +26,16 @@ from pathlib import Path
 
 import torch
 
-from .classifier import CLASSIFIER_DIR, load_classifier
+from .classifier import CLASSIFIER_DIR, JUDGE_CLASSES, NONE, load_classifier
 from .data.shapes import CLASS_NAMES, make_dataset, to_uint8
+from .grids import save_png, tile
+from .pipeline import DEFAULT_SCHEDULER
 
 THRESHOLD = 0.5
 REAL_SEED = 2  # real data for the measure: neither the diffusion models' (0) nor the classifier's (1, 3)
+FLOOR_SEED = 4  # a second real set: real vs real gives the floor of the Frechet distance and precision/recall
+FLAG_COLOUR = (220, 30, 30)
+MIN_PER_CLASS_FID = 10
 
 
 def wilson_interval(flagged, total, z=1.959963984540054):
@@ -54,13 +63,15 @@ def real_images(num_samples, seed=REAL_SEED):
     return images[index], labels[index]
 
 
-def generated_images(model, num_samples, num_inference_steps=25, guidance_scale=1.5, sampler=None, seed=0,
-                     batch_size=100, device=None, progress=True):
-    """Samples of a bundled model name or checkpoint directory via the pipeline, uint8 [N, 3, 32, 32] and labels."""
+def generated_images(model, num_samples, num_inference_steps=25, guidance_scale=3.0, sampler=None, seed=0,
+                     batch_size=100, device=None, progress=True, total_samples=None):
+    """Samples of a bundled model name or checkpoint directory via the pipeline, uint8 [N, 3, 32, 32] and labels.
+
+    total_samples (default num_samples): the size of the run whose first num_samples samples these are, so a
+    few samples of a stored measurement can be redrawn exactly."""
     from tqdm import tqdm
 
     from .loading import load_pipeline
-    from .pipeline import DEFAULT_SCHEDULER
 
     pipe = load_pipeline(model, device=device, scheduler=sampler or DEFAULT_SCHEDULER)
     pipe.set_progress_bar_config(disable=True)
@@ -70,7 +81,7 @@ def generated_images(model, num_samples, num_inference_steps=25, guidance_scale=
     labels = even_labels(num_samples)
     size = pipe.model.sample_size
     # All noise drawn up front on the CPU: the same samples whatever the batch size or device.
-    noise = torch.randn(num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(total_samples or num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
     images = []
     for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling {model}", disable=not progress):
         out = pipe(labels[start : start + batch_size].tolist(), guidance_scale=guidance_scale,
@@ -80,24 +91,79 @@ def generated_images(model, num_samples, num_inference_steps=25, guidance_scale=
     return torch.cat(images), labels
 
 
-def distortion_rate(images, labels, classifier, threshold=THRESHOLD):
-    """Share of images whose intended-class probability is below threshold, with its interval and per class."""
-    probs = classifier.probabilities(images)
-    p_intended = probs[torch.arange(len(labels)), labels]
-    flagged = p_intended < threshold
-    low, high = wilson_interval(int(flagged.sum()), len(labels))
-    per_class = {name: [int(flagged[labels == k].sum()), int((labels == k).sum())] for k, name in enumerate(CLASS_NAMES)}
-    return {"flagged": int(flagged.sum()), "samples": len(labels), "rate": flagged.float().mean().item(),
-            "ci95": [low, high], "per_class": per_class, "threshold": threshold,
-            "accuracy": (probs.argmax(1) == labels).float().mean().item()}
-
-
 def judge(images, labels, classifier=None, threshold=THRESHOLD):
     """The judge's verdict per image: (flagged bool [N], p of the intended class [N]) for uint8 images [N, 3, 32, 32]."""
     classifier = classifier or load_classifier()
     probs = classifier.probabilities(images)
     p_intended = probs[torch.arange(len(labels)), torch.as_tensor(labels)]
     return p_intended < threshold, p_intended
+
+
+def frechet_distance(a, b):
+    """Frechet distance between Gaussians fitted to feature sets a [N, D] and b [M, D] (the FID formula)."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # Tr sqrt(A B) = sum of sqrt(eigenvalues of sqrt(A) B sqrt(A)), which is symmetric positive semi-definite.
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def precision_recall(real, fake, k=3):
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of feature sets real [N, D] and fake [M, D].
+
+    Each set's manifold is the union of balls around its points reaching their k-th nearest neighbour;
+    precision is the share of fake points inside the real manifold (fidelity), recall the share of real
+    points inside the fake manifold (coverage).
+    """
+    def radii(x):
+        return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # k + 1: the nearest is the point itself
+
+    real, fake = real.double(), fake.double()
+    cross = torch.cdist(fake, real)
+    precision = (cross <= radii(real)[None]).any(1).double().mean()
+    recall = (cross.T <= radii(fake)[None]).any(1).double().mean()
+    return float(precision), float(recall)
+
+
+def distortion_rate(images, labels, classifier, threshold=THRESHOLD, reference=None):
+    """The measure of a set of samples: the judge's flags (rate, interval, per class) and, given the reference
+    (features [M, D] and labels [M] of real renders, from `real_reference`), the Frechet distance (overall and
+    per class) and precision/recall in the judge's feature space."""
+    probs, features = classifier.probabilities_and_features(images)
+    labels = torch.as_tensor(labels)
+    p_intended = probs[torch.arange(len(labels)), labels]
+    flagged = p_intended < threshold
+    low, high = wilson_interval(int(flagged.sum()), len(labels))
+    per_class = {name: [int(flagged[labels == k].sum()), int((labels == k).sum())] for k, name in enumerate(CLASS_NAMES)}
+    result = {"flagged": int(flagged.sum()), "samples": len(labels), "rate": flagged.float().mean().item(),
+              "ci95": [low, high], "per_class": per_class, "threshold": threshold,
+              "flagged_indices": flagged.nonzero().squeeze(1).tolist(),
+              "called_none": int((probs.argmax(1) == JUDGE_CLASSES.index(NONE)).sum())}
+    if reference is not None:
+        real_features, real_labels = reference
+        result["fid"] = frechet_distance(features, real_features)
+        result["precision"], result["recall"] = precision_recall(real_features, features)
+        # Per class only where both sets have enough samples for a covariance worth the name.
+        result["fid_per_class"] = {
+            name: frechet_distance(features[labels == k], real_features[real_labels == k])
+            for k, name in enumerate(CLASS_NAMES)
+            if min(int((labels == k).sum()), int((real_labels == k).sum())) >= MIN_PER_CLASS_FID}
+    return result
+
+
+def real_reference(classifier, num_samples, seed=REAL_SEED):
+    """The judge's features [N, D] and the labels [N] of `num_samples` real renders: the reference of FID and P/R."""
+    images, labels = real_images(num_samples, seed)
+    return classifier.probabilities_and_features(images)[1], labels
+
+
+def flag_frames(flagged_indices, num_images):
+    """Grid border colours: red around flagged samples, none around the rest."""
+    flagged = set(flagged_indices)
+    return [FLAG_COLOUR if i in flagged else None for i in range(num_images)]
 
 
 STORED_RESULT = "distortion.json"
@@ -112,10 +178,22 @@ def stored_result(model_dir):
 def format_result(name, result):
     low, high = result["ci95"]
     per_class = ", ".join(f"{k} {f}/{n}" for k, (f, n) in result["per_class"].items())
-    return (f"distortion rate of {name}: {100 * result['rate']:.1f}% ({result['flagged']} of {result['samples']} "
-            f"samples), 95% CI {100 * low:.1f}%-{100 * high:.1f}% (Wilson)\n"
-            f"  flagged when p(intended class) < {result['threshold']}; classifier top-1 accuracy "
-            f"{100 * result['accuracy']:.1f}%\n  per class (flagged/samples): {per_class}")
+    lines = [f"distortion rate of {name}: {100 * result['rate']:.1f}% ({result['flagged']} of {result['samples']} "
+             f"samples), 95% CI {100 * low:.1f}%-{100 * high:.1f}% (Wilson)",
+             f"  flagged when p(intended class) < {result['threshold']}; the judge called {result['called_none']} "
+             f"'none of these'",
+             f"  per class (flagged/samples): {per_class}"]
+    if "fid" in result:
+        floor = result.get("real", {})
+        def against_floor(key):
+            return f" (real vs real: {floor[key]:.3g})" if key in floor else ""
+        lines.append(f"  judge-feature FID {result['fid']:.3g}{against_floor('fid')}, precision "
+                     f"{result['precision']:.3f}{against_floor('precision')}, recall {result['recall']:.3f}"
+                     f"{against_floor('recall')}")
+        if result["fid_per_class"]:
+            per_class_fid = ", ".join(f"{k} {v:.3g}" for k, v in result["fid_per_class"].items())
+            lines.append(f"  FID per class: {per_class_fid}")
+    return "\n".join(lines)
 
 
 def add_cli_arguments(parser):
@@ -123,15 +201,19 @@ def add_cli_arguments(parser):
                         help="tiny-dimr, tiny-baseline, a checkpoint directory, or 'real' for rendered data")
     parser.add_argument("--samples", type=int, default=500, help="number of samples (classes spread evenly)")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps")
-    parser.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--sampler", help="a sampler name from dimr.pipeline.SCHEDULERS (default: the pipeline's, dpm-solver-3s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="flag when p(intended class) < this")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--classifier", default=str(CLASSIFIER_DIR), help="classifier directory")
-    parser.add_argument("--save-grid", help="write the judged samples as a PNG grid (one column per class)")
+    parser.add_argument("--classifier", default=str(CLASSIFIER_DIR), help="the judge's directory")
+    parser.add_argument("--save-grid", help="write the judged samples as a PNG grid (one column per class, "
+                                            "flagged samples framed in red)")
+    parser.add_argument("--grid-samples", type=int, help="put only the first N samples in the grid (default: all)")
     parser.add_argument("--json", help="also write the result as JSON here")
+    parser.add_argument("--store", action="store_true",
+                        help=f"write the result as {STORED_RESULT} into the model's directory (the app shows it)")
 
 
 def cli_main(args):
@@ -139,21 +221,36 @@ def cli_main(args):
         raise ValueError(f"--samples must be at least 1, got {args.samples}")
     if not 0 < args.threshold < 1:
         raise ValueError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if args.grid_samples is not None and args.grid_samples < 1:
+        raise ValueError(f"--grid-samples must be at least 1, got {args.grid_samples}")
+    if args.store and args.model == "real":
+        raise ValueError("--store needs a model: real data has no model directory to store the result in")
     classifier = load_classifier(args.classifier)
+    reference = real_reference(classifier, args.samples)
+    floor_images, floor_labels = real_images(args.samples, FLOOR_SEED)
+    floor = distortion_rate(floor_images, floor_labels, classifier, args.threshold, reference)
     if args.model == "real":
-        images, labels = real_images(args.samples)
-        settings = {"data": f"rendered shapes, seed {REAL_SEED}"}
+        images, labels, result = floor_images, floor_labels, floor
+        settings = {"data": f"rendered shapes, seed {FLOOR_SEED}, against seed {REAL_SEED}"}
     else:
         images, labels = generated_images(args.model, args.samples, args.steps, args.guidance, args.sampler,
                                           args.seed, args.batch_size, args.device)
-        settings = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler or "default",
-                    "seed": args.seed}
-    result = distortion_rate(images, labels, classifier, args.threshold)
+        settings = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler or DEFAULT_SCHEDULER,
+                    "seed": args.seed, "samples": args.samples}
+        result = distortion_rate(images, labels, classifier, args.threshold, reference)
+        result["real"] = {k: floor[k] for k in ("rate", "fid", "precision", "recall", "fid_per_class")}
     print(format_result(args.model, result))
     if args.save_grid:
-        from .train import save_png, tile
-
-        save_png(tile(images, len(CLASS_NAMES), scale=2), args.save_grid)
+        shown = len(images) if args.grid_samples is None else min(args.grid_samples, len(images))
+        frames = flag_frames(result["flagged_indices"], shown)
+        save_png(tile(images[:shown], len(CLASS_NAMES), pad=2, scale=2, frames=frames), args.save_grid)
+    record = {"model": args.model, "settings": settings, **result}
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, **settings, **result}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+    if args.store:
+        from .loading import model_files
+
+        path = model_files(args.model).directory / STORED_RESULT
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"stored in {path}")
     return 0

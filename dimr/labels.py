@@ -9,9 +9,10 @@ a valid label.
 import functools
 import json
 import operator
-from pathlib import Path
 
-IMAGENET_CLASSES_FILE = Path(__file__).resolve().parent.parent / "assets" / "imagenet_classes.json"
+from .config import REPO_ROOT
+
+IMAGENET_CLASSES_FILE = REPO_ROOT / "assets" / "imagenet_classes.json"
 
 
 class ClassLabels:

@@ -5,6 +5,7 @@
 
 Networks and VAEs are loaded once per (model, device, dtype) and kept in memory (`clear_cache()` frees them);
 every `load_pipeline` call returns a new pipeline object around the shared modules, with its own scheduler.
+`model_files` is the one place a model name becomes files (and `model_config` reads a config without weights).
 Nothing here waits on the network when it is unreachable: a model or VAE that is neither local nor cached
 fails at once with a message that says what to download and where to put it.
 """
@@ -12,16 +13,18 @@ fails at once with a message that says what to download and where to put it.
 import os
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from .config import VARIANTS
+from .config import REPO_ROOT, VARIANTS, variant_config
+from .model import DiMRModel
 from .pipeline import DEFAULT_SCHEDULER, DiMRPipeline, make_scheduler
-from .weights import HUB_FILES, HUB_REPO, CheckpointError, converted_dir, load_pretrained
+from .weights import HUB_FILES, HUB_REPO, CheckpointError, converted_dir, ensure_converted
 
-CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
 BUNDLED = {
     "tiny-dimr": "tiny 3-branch DiMR (8x8, 16x16, 32x32) trained on the 32x32 shapes dataset (pixel space, bundled)",
     "tiny-baseline": "tiny single-resolution baseline with the same parameters and FLOPs, trained on the same shapes "
@@ -60,21 +63,23 @@ def load_pipeline(name_or_path, device=None, torch_dtype=None, vae=None, schedul
     device = torch.device(device or default_device())
     torch_dtype = torch_dtype or torch.float32
     scheduler = make_scheduler(scheduler)
-    key = (_model_key(name_or_path), str(device), torch_dtype)
+    files = model_files(name_or_path)
+    key = (str(files.directory.resolve()), str(device), torch_dtype)
     with _cache_lock:
         if key not in _cache:
-            model = _load_model(name_or_path, torch_dtype).to(device)
-            _cache[key] = model
+            _cache[key] = _load_model(files, torch_dtype).to(device)
         model = _cache[key]
     if vae is None and model.config.channels != 3:
-        local = _model_dir(name_or_path) / "vae" if _model_dir(name_or_path) else None
-        vae = local if local is not None and local.is_dir() else VAE_REPO
+        vae = files.directory / "vae" if (files.directory / "vae").is_dir() else VAE_REPO
     if vae is not None and not isinstance(vae, torch.nn.Module):
         vae_dtype = torch.float32 if torch_dtype == torch.float16 else torch_dtype
         vae_key = ("vae", str(vae), str(device), vae_dtype)
         with _cache_lock:
             if vae_key not in _cache:
-                _cache[vae_key] = load_vae(vae, vae_dtype).to(device)
+                # cuDNN's fast path for bf16 convolutions wants channels-last tensors.
+                bf16_on_gpu = device.type == "cuda" and vae_dtype == torch.bfloat16
+                layout = torch.channels_last if bf16_on_gpu else torch.preserve_format
+                _cache[vae_key] = load_vae(vae, vae_dtype).to(device, memory_format=layout)
             vae = _cache[vae_key]
     return DiMRPipeline(model=model, vae=vae, scheduler=scheduler)
 
@@ -85,37 +90,48 @@ def clear_cache():
         _cache.clear()
 
 
-def _model_dir(name_or_path):
-    """The local directory of a bundled model or a path; None for released names (they live in the dimr cache)."""
-    if name_or_path in BUNDLED:
-        return CHECKPOINTS_DIR / name_or_path
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's files are: `directory` holds config.json and the weights (a released model's only once
+    downloaded and converted); `variant` names the released model, else None."""
+
+    directory: Path
+    variant: str = None
+
+
+def model_files(name_or_path):
+    """The one place a model name becomes files: a bundled name, a released variant, or a directory holding
+    config.json. CheckpointError for a missing bundled model or an unknown name."""
     if name_or_path in VARIANTS:
-        return None
-    return Path(name_or_path)
-
-
-def _model_key(name_or_path):
-    path = _model_dir(name_or_path)
-    return str(name_or_path) if path is None else str(path.resolve())
-
-
-def _load_model(name_or_path, torch_dtype):
+        return ModelFiles(converted_dir(name_or_path), name_or_path)
     if name_or_path in BUNDLED:
         path = CHECKPOINTS_DIR / name_or_path
         if not (path / "config.json").is_file():
             raise CheckpointError(f"the bundled model {name_or_path!r} is missing: {path} has no config.json. "
                                   f"Train it with `python -m dimr train` (see README) or restore checkpoints/ from git.")
-        return load_pretrained(path, torch_dtype=torch_dtype)
-    if name_or_path not in VARIANTS and not (Path(name_or_path) / "config.json").is_file():
+        return ModelFiles(path)
+    if not (Path(name_or_path) / "config.json").is_file():
         raise CheckpointError(f"unknown model {name_or_path!r}: use one of {', '.join(MODELS)} or a directory "
                               f"holding config.json and the weights (save_pretrained)")
-    if name_or_path in VARIANTS and not _released_weights_available(name_or_path) and not _hub_reachable():
-        raise CheckpointError(f"the weights of {name_or_path} are neither converted in {converted_dir(name_or_path)} "
+    return ModelFiles(Path(name_or_path))
+
+
+def model_config(name_or_path):
+    """A model's config, without loading (or downloading) its weights."""
+    files = model_files(name_or_path)
+    return variant_config(files.variant) if files.variant else DiMRModel.load_config(files.directory)
+
+
+def _load_model(files, torch_dtype):
+    variant = files.variant
+    if variant is not None and not _released_weights_available(variant) and not _hub_reachable():
+        raise CheckpointError(f"the weights of {variant} are neither converted in {files.directory} "
                               f"nor in the Hugging Face cache, and the hub ({_hub_endpoint()}) cannot be reached "
                               f"(or HF_HUB_OFFLINE is set). "
-                              f"Download {HUB_FILES[name_or_path]} from https://huggingface.co/{HUB_REPO} and run "
-                              f"`python -m dimr convert {HUB_FILES[name_or_path]} --variant {name_or_path}`.")
-    return load_pretrained(name_or_path, torch_dtype=torch_dtype)
+                              f"Download {HUB_FILES[variant]} from https://huggingface.co/{HUB_REPO} and run "
+                              f"`python -m dimr convert {HUB_FILES[variant]} --variant {variant}`.")
+    directory = ensure_converted(variant) if variant is not None else files.directory
+    return DiMRModel.from_pretrained(directory, torch_dtype=torch_dtype).eval()
 
 
 def _released_weights_available(variant):

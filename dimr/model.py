@@ -15,7 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from .config import normalize_official_config, stage_num_blocks
+from .config import NUM_TRAIN_TIMESTEPS, normalize_official_config, stage_num_blocks
 
 
 def time_condition(timestep, batch_size, device):
@@ -26,7 +26,7 @@ def time_condition(timestep, batch_size, device):
         t = t[None]
     elif t.shape[0] != batch_size:
         raise ValueError(f"timestep has {t.shape[0]} entries but the batch has {batch_size} samples")
-    log_snr = (t + 1) / 1000 * 8 - 4
+    log_snr = (t + 1) / NUM_TRAIN_TIMESTEPS * 8 - 4
     return log_snr / 4.0
 
 
@@ -108,15 +108,11 @@ class SelfAttention(nn.Module):
         self.norm = NORMS[norm_type](dim)
         self.query_key_value = nn.Linear(dim, 3 * dim, bias=False)
         self.dense = nn.Linear(dim, dim)
-        # The official code casts q, k, v to float32; kept as an option for baseline benchmarks.
-        self.upcast = False
 
     def forward(self, x, c):
         b, n, d = x.shape
         qkv = self.query_key_value(self.norm(x, c)).view(b, n, 3 * self.num_heads, d // self.num_heads)
         q, k, v = qkv.transpose(1, 2).chunk(3, dim=1)
-        if self.upcast:
-            q, k, v = q.float(), k.float(), v.float()
         out = F.scaled_dot_product_attention(q, k, v)
         return self.dense(out.transpose(1, 2).reshape(b, n, d).to(x.dtype))
 
@@ -210,6 +206,26 @@ class PixelShuffleUpsample(nn.Module):
         return x.reshape(b, h * r, w * r, d // (r * r))
 
 
+class InputLayer(nn.Sequential):
+    """Area-downsample, patchify convolution, channels-last, position embedding (the official `input_layer`)."""
+
+    def __init__(self, cfg, channels):
+        ratio = cfg["input_feature_ratio"]
+        super().__init__(
+            AreaDownsample(cfg["image_input_ratio"]),
+            nn.Conv2d(channels, cfg["dim"], ratio, stride=ratio),
+            ToChannelsLast(),
+            PositionEmbedding(cfg["max_height"], cfg["max_width"], cfg["dim"]),
+        )
+
+    @property
+    def patchify(self):
+        return self[1]
+
+    def forward(self, sample):
+        return super().forward(sample.to(self.patchify.weight.dtype))
+
+
 class CascadeUpsample(nn.ModuleList):
     """Feature cascade: TD-LN of the lower branch's features, pixel-shuffle up, TD-LN."""
 
@@ -252,12 +268,7 @@ class DiMRStage(nn.Module):
     def __init__(self, cfg, channels, num_classes, norm_type, lowres_dim=None, lowres_height=None):
         super().__init__()
         self.is_transformer = cfg["block_type"] == "TransformerBlock"
-        self.input_layer = nn.Sequential(
-            AreaDownsample(cfg["image_input_ratio"]),
-            nn.Conv2d(channels, cfg["dim"], cfg["input_feature_ratio"], stride=cfg["input_feature_ratio"]),
-            ToChannelsLast(),
-            PositionEmbedding(cfg["max_height"], cfg["max_width"], cfg["dim"]),
-        )
+        self.input_layer = InputLayer(cfg, channels)
         # Only transformer branches see the class; the others receive it through the cascade.
         self.class_embeds = nn.Embedding(num_classes, cfg["dim"]) if self.is_transformer else None
         if lowres_dim is not None:
@@ -272,13 +283,14 @@ class DiMRStage(nn.Module):
         self.gradient_checkpointing = False
 
     def _block(self, block, x, c):
-        if self.gradient_checkpointing:
+        # Checkpointing only saves memory for a backward pass; without gradients it would only cost time.
+        if self.gradient_checkpointing and torch.is_grad_enabled():
             return self._gradient_checkpointing_func(block, x, c)
         return block(x, c)
 
     def forward(self, sample, c, class_labels, lowres=None, keep_features=True):
         """Returns this branch's prediction [B, C, h, w] and its feature stack for the next branch."""
-        x = self.input_layer(sample.to(self.input_layer[1].weight.dtype))
+        x = self.input_layer(sample)
         if lowres is not None:
             x = x + self.upsample(lowres, c)
         b, h, w, d = x.shape
@@ -332,20 +344,34 @@ class DiMRModel(ModelMixin, ConfigMixin):
             dict(channels=channels, num_classes=num_classes, stage_configs=stage_configs, norm_type=norm_type,
                  block_grad_to_lowres=block_grad_to_lowres)
         )
-        # Branch configs with defaults filled in (self.config keeps what was passed, for saving).
-        self.stage_configs = cfg["stage_configs"]
+        # The config is kept normalised (branch defaults filled in), the one form every reader sees and saves.
+        self.register_to_config(stage_configs=cfg["stage_configs"])
         stages = []
         lowres_dim = lowres_height = None
-        for stage_cfg in self.stage_configs:
+        for stage_cfg in self.config.stage_configs:
             stages.append(DiMRStage(stage_cfg, channels, num_classes, norm_type, lowres_dim, lowres_height))
+            # The next branch receives this branch's whole feature stack: the embedded input and the output of
+            # every block, concatenated along channels.
             lowres_dim = stage_cfg["dim"] * (stage_num_blocks(stage_cfg) + 1)
             lowres_height = stage_cfg["max_height"]
         self.stages = nn.ModuleList(stages)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """The official initialisation: normal weights of std 0.02 (trunc_normal_ with the official cut at +-2,
+        i.e. 100 std) and zero biases for every linear, convolution and embedding; the time-dependent
+        parameters keep their own. PyTorch's defaults scale with fan-in instead (up to 0.35 for the 7x7
+        depthwise convolutions) and the embeddings with std 1."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
 
     @property
     def sample_size(self):
         """Side of the square input the model was built for (latent or pixel)."""
-        last = self.stage_configs[-1]
+        last = self.config.stage_configs[-1]
         return last["max_height"] * last["input_feature_ratio"] * last["image_input_ratio"]
 
     @property
@@ -355,18 +381,7 @@ class DiMRModel(ModelMixin, ConfigMixin):
     @property
     def branch_scales(self):
         """Downsampling factor of each branch's prediction relative to the input, lowest resolution first."""
-        return [self.sample_size // (s["max_height"] * s["head_patch_size"]) for s in self.stage_configs]
-
-    @classmethod
-    def from_official(cls, config, state_dict, class_names=None):
-        """Build from an official config (field names as in the official code) and load an official state dict."""
-        from .weights import load_official_state_dict
-
-        cfg = normalize_official_config(config)
-        with torch.device("meta"):
-            model = cls(**cfg, class_names=class_names)
-        load_official_state_dict(model, state_dict)
-        return model.eval()
+        return [self.sample_size // (s["max_height"] * s["head_patch_size"]) for s in self.config.stage_configs]
 
     def forward_branches(self, sample, timestep, class_labels):
         """Every branch's noise prediction [B, C, H / 2^l, W / 2^l], lowest resolution first."""

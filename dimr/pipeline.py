@@ -28,7 +28,7 @@ B = batch, L = branches, lowest resolution first, branch l has scale f = trace.s
                  [B, H, W, 3] in 0..1 ("np"), or a tensor [B, 3, H, W] in 0..1 ("pt"). Empty when output_type
                  is "latent"; `pipe.decode_branch_trace(trace, steps, output_type)` decodes any steps later.
 
-Decoding a 256x256 image with the SD VAE takes about a second on a CPU: choose `branch_steps` accordingly.
+On a CPU, decoding a 256x256 image with the SD VAE costs more than a network step: choose `branch_steps` accordingly.
 `callback_on_step_end(pipe, i, t, kwargs)` may ask for "latents", "noise_pred", "branch_noise_pred" and
 "branch_x0_pred" (lists of L tensors [B, C, H/f, W/f] for the current step).
 """
@@ -53,11 +53,12 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .config import NUM_TRAIN_TIMESTEPS
 from .labels import labels_for_model
 
 # The schedule DiMR was trained on (Stable Diffusion's "scaled linear"); epsilon prediction, no clipping.
-SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                   prediction_type="epsilon")
+SD_SCHEDULE = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=0.00085, beta_end=0.012,
+                   beta_schedule="scaled_linear", prediction_type="epsilon")
 
 # Where the official sampler stops: t = 1/1000, i.e. timestep index 0 (sigma 0.029), not sigma = 0. With this
 # endpoint diffusers' solvers converge to the official result (relative L2 < 3e-5 at 250+ steps).
@@ -81,12 +82,13 @@ SCHEDULERS = {
     "heun": (HeunDiscreteScheduler, dict()),
 }
 # The official sampler's own method (singlestep DPM-Solver, order 3, data prediction) on its time-uniform grid
-# and endpoint: 0.23% from the official 250-step result at 50 steps, converges to it (< 1e-5) at 250, and its
-# step needs no device-to-host sync. dpm++2m-karras / unipc-karras are closer at 10-20 steps.
+# and endpoint: it converges to the official 250-step result as the steps grow (scripts/compare_schedulers.py
+# prints how close each sampler gets, dpm++2m-karras / unipc-karras being closer at 10-20 steps), and its step
+# needs no device-to-host sync.
 DEFAULT_SCHEDULER = "dpm-solver-3s"
 GUIDANCE_SCHEDULES = ("constant", "power-cosine")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-MAX_INFERENCE_STEPS = 1000  # the training schedule has 1000 steps; more cannot be distinct
+MAX_INFERENCE_STEPS = NUM_TRAIN_TIMESTEPS  # more steps than the training table has cannot be distinct
 
 
 def make_scheduler(name=DEFAULT_SCHEDULER, **overrides):
@@ -126,8 +128,8 @@ def guidance_weights(timesteps, guidance_scale, guidance_schedule="constant", gu
     if guidance_schedule == "constant":
         return [float(guidance_scale)] * len(timesteps)
     # Official power-cosine decay in the discrete step n = k + 1: 1 at n = 1000, guidance_scale at n = 0.
-    return [1 + (guidance_scale - 1) * (1 - math.cos(math.pi * (1 - (k + 1) / 1000) ** guidance_power)) / 2
-            for k in timesteps]
+    return [1 + (guidance_scale - 1) * (1 - math.cos(math.pi * (1 - (k + 1) / NUM_TRAIN_TIMESTEPS) ** guidance_power))
+            / 2 for k in timesteps]
 
 
 @dataclass
@@ -165,6 +167,9 @@ class DiMRPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(model=model, vae=vae, scheduler=scheduler if scheduler is not None else make_scheduler())
         self.image_processor = VaeImageProcessor(do_resize=False)
+        # What a step calls: model.forward_branches, or an accelerated stand-in (dimr.acceleration) for this
+        # pipeline alone, the shared model left as it is.
+        self.network = None
 
     @property
     def labels(self):
@@ -254,13 +259,14 @@ class DiMRPipeline(DiffusionPipeline):
         # Checked before sampling, so a bad step index fails at once.
         image_steps = branch_step_indices(len(timesteps), branch_steps) if return_branches else []
         self._interrupt = False
+        network = self.network or self.model.forward_branches
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 if self._interrupt:
                     break
                 model_input = scheduler.scale_model_input(latents, t)
                 batch = torch.cat([model_input, model_input]) if do_guidance else model_input
-                branches = self.model.forward_branches(batch, model_t[i], labels)
+                branches = network(batch, model_t[i], labels)
                 if do_guidance:
                     branches = [u + weight_t[i] * (c - u) for c, u in (b.float().chunk(2) for b in branches)]
                 else:

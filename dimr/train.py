@@ -3,7 +3,7 @@
     python -m dimr train --config configs/tiny-dimr.json [--device cuda] [--max-minutes M] [--resume]
     python -m dimr train --config configs/tiny-dimr.json --cost      # parameters and forward FLOPs
 
-The recipe (see docs/dimr-reference.md, "Training"): epsilon prediction on Stable Diffusion's scaled-linear
+The recipe (the official DiMR training, as its configs and the paper describe it): epsilon prediction on Stable Diffusion's scaled-linear
 schedule, timestep index k uniform in 0..999 (the model's diffusers convention), label dropout to the null
 class, and the multi-scale loss: branch l, whose prediction is f = model.branch_scales[l] times smaller than
 the image, is trained against the noise sum-pooled over f x f windows and divided by f, which keeps unit
@@ -17,6 +17,8 @@ Scaled down for runs of minutes instead of weeks (the `train` section of a confi
 - 500 warm-up steps instead of 5000, EMA decay 0.999 (a ~1000-step horizon) instead of 0.9999, with the
   usual (1 + step) / (10 + step) ramp so early averages are not dominated by the random initialisation.
 - gradient clipping at 1.0, which keeps the high learning rate stable.
+- optionally (train.min_snr_gamma) the min-SNR-gamma loss weighting of Hang et al. (2023); the weights start
+  from the official initialisation (`DiMRModel.initialize_weights`).
 
 Speed: the dataset is rendered once onto the device as uint8; convolutions run channels-last; on CUDA the step
 runs under bf16 autocast with fused AdamW (optionally torch.compile, falling back to eager if it fails), while
@@ -40,13 +42,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .config import NUM_TRAIN_TIMESTEPS, REPO_ROOT
 from .data.shapes import CLASS_NAMES, make_dataset, to_model_range, to_uint8
+from .grids import save_png, tile
+from .loading import CHECKPOINTS_DIR
 from .model import DiMRModel, count_parameters
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO / "configs"
-CHECKPOINT_DIR = REPO / "checkpoints"
-RUNS_DIR = REPO / "runs"
+CONFIG_DIR = REPO_ROOT / "configs"
+RUNS_DIR = REPO_ROOT / "runs"
 
 TRAIN_DEFAULTS = {
     "batch_size": 512,
@@ -61,9 +64,9 @@ TRAIN_DEFAULTS = {
     "max_steps": 100000,
     "seed": 0,
     "loss_coeffs": None,  # one per branch; default: 1/4 for every lower-resolution branch, 1 for the last
+    "min_snr_gamma": None,  # weight each sample's loss by min(SNR, gamma) / SNR (Hang et al. 2023); None: equal
 }
 DATA_DEFAULTS = {"num_images": 200000, "seed": 0}
-NUM_TRAIN_TIMESTEPS = 1000
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -122,6 +125,8 @@ def prepare_config(raw):
         raise ValueError(f"train.lr must be positive, got {train['lr']!r}")
     if not 0 <= train["label_dropout"] < 1:
         raise ValueError(f"train.label_dropout must be in [0, 1), got {train['label_dropout']}")
+    if train["min_snr_gamma"] is not None and not train["min_snr_gamma"] > 0:
+        raise ValueError(f"train.min_snr_gamma must be positive (or null for no weighting), got {train['min_snr_gamma']!r}")
     if not 0 <= train["ema_decay"] < 1:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {train['ema_decay']}")
     return {"name": raw["name"], "description": raw.get("description", ""), "model": model, "data": data, "train": train}
@@ -172,14 +177,28 @@ def multiscale_targets(noise, scales):
     return [noise if f == 1 else F.avg_pool2d(noise, f) * f for f in scales]
 
 
-def diffusion_loss(model, x0, labels, timesteps, noise, alphas_cumprod, loss_coeffs):
-    """Multi-scale epsilon loss for clean images x0 in [-1, 1]; returns (total, [per-branch MSE])."""
+def snr_weights(abar, gamma):
+    """Min-SNR-gamma weights of epsilon-prediction losses: min(SNR, gamma) / SNR, SNR = abar / (1 - abar).
+
+    Low-noise steps (high SNR) are easy and numerous; capping their weight stops them from dominating the
+    gradient, which Hang et al. (2023) found speeds convergence about 3x."""
+    snr = abar / (1 - abar)
+    return snr.clamp(max=gamma) / snr
+
+
+def diffusion_loss(model, x0, labels, timesteps, noise, alphas_cumprod, loss_coeffs, min_snr_gamma=None):
+    """Multi-scale epsilon loss for clean images x0 in [-1, 1]; returns (total, [per-branch MSE]).
+
+    With min_snr_gamma, each sample's squared error is weighted by `snr_weights`; the per-branch MSEs returned
+    for logging stay unweighted, so runs with and without weighting are compared on the same scale."""
     abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     noisy = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
     predictions = model.forward_branches(noisy, timesteps, labels)
     targets = multiscale_targets(noise, model.branch_scales)
-    losses = [F.mse_loss(p.float(), t) for p, t in zip(predictions, targets)]
-    return sum(c * l for c, l in zip(loss_coeffs, losses)), losses
+    errors = [(p.float() - t).square().mean(dim=(1, 2, 3)) for p, t in zip(predictions, targets)]
+    weights = torch.ones_like(errors[0]) if min_snr_gamma is None else snr_weights(abar.flatten(), min_snr_gamma)
+    total = sum(c * (w_err * weights).mean() for c, w_err in zip(loss_coeffs, errors))
+    return total, [e.mean() for e in errors]
 
 
 # ------------------------------------------------------------------------------------------- lockstep
@@ -297,7 +316,8 @@ class Trainer:
 
     def compute_loss(self, batch):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-            return self.loss_fn(self.model, *batch, self.alphas_cumprod, self.config["train"]["loss_coeffs"])
+            t = self.config["train"]
+            return self.loss_fn(self.model, *batch, self.alphas_cumprod, t["loss_coeffs"], t["min_snr_gamma"])
 
     def lr_at(self, step):
         """Linear warm-up, then constant, then (with decay_steps) linear decay reaching 0 at max_steps."""
@@ -429,27 +449,6 @@ def device_name(device):
 
 
 # ----------------------------------------------------------------------------------------- sample grids
-
-
-def tile(images, columns, pad=2, scale=1):
-    """uint8 images [N, 3, H, W] -> one uint8 grid [3, rows (H+pad), columns (W+pad)], nearest-upscaled."""
-    if scale > 1:
-        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    n, c, h, w = images.shape
-    rows = math.ceil(n / columns)
-    grid = torch.full((c, rows * (h + pad) + pad, columns * (w + pad) + pad), 255, dtype=torch.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = image
-    return grid
-
-
-def save_png(grid, path):
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path)
 
 
 def class_grid(model, per_class=8, num_inference_steps=25, guidance_scale=1.5, seed=0, scale=2):
@@ -632,7 +631,7 @@ def cli_main(args):
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    export = args.export or str(CHECKPOINT_DIR / config["name"])
+    export = args.export or str(CHECKPOINTS_DIR / config["name"])
     train(config, args.run_dir or RUNS_DIR / config["name"], device=device, max_steps=args.max_steps,
           max_minutes=args.max_minutes, resume=args.resume, export_dir=None if export == "none" else export,
           compile=args.compile, sync_dir=args.sync_dir, log_every=args.log_every,

@@ -1,4 +1,5 @@
-"""Official checkpoints: safe loading, strict key/shape checks, conversion to safetensors, hub download."""
+"""Official checkpoints: safe loading, strict key/shape checks, the official config + state dict -> DiMRModel,
+conversion to safetensors, hub download."""
 
 import os
 import pickle
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .config import VARIANTS, variant_config
+from .config import normalize_official_config, variant_config
+from .model import DiMRModel
 
 HUB_REPO = "QHL067/DiMR"
 HUB_FILES = {
@@ -87,19 +89,20 @@ def check_state_dict(model, state_dict, source="the state dict"):
     raise CheckpointError("\n".join(parts))
 
 
-def load_official_state_dict(model, state_dict, source="the state dict"):
-    """Strictly load official-key weights into `model` (which may live on the meta device)."""
+def from_official(config, state_dict, class_names=None, source="the state dict"):
+    """A DiMRModel from an official config (the official field names) and an official state dict, loaded strictly."""
+    cfg = normalize_official_config(config)
+    with torch.device("meta"):
+        model = DiMRModel(**cfg, class_names=class_names)
     check_state_dict(model, state_dict, source)
     model.load_state_dict(state_dict, strict=True, assign=True)
-    return model
+    return model.eval()
 
 
 def convert(pth_path, variant, out_dir):
     """Convert an official `.pth` to this project's format (config.json + safetensors) in out_dir."""
-    from .model import DiMRModel
-
     state = read_official_checkpoint(pth_path)
-    model = DiMRModel.from_official(variant_config(variant), state)
+    model = from_official(variant_config(variant), state, source=str(pth_path))
     model.register_to_config(variant=variant)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")
@@ -130,17 +133,9 @@ def download_official(variant):
         ) from err
 
 
-def load_pretrained(name_or_path, torch_dtype=None):
-    """A DiMRModel from a released variant name (downloaded and converted once) or a converted directory."""
-    from .model import DiMRModel
-
-    path = Path(name_or_path)
-    if name_or_path in VARIANTS:
-        path = converted_dir(name_or_path)
-        if not (path / "config.json").is_file():
-            convert(download_official(name_or_path), name_or_path, path)
-    elif not (path / "config.json").is_file():
-        raise CheckpointError(
-            f"{name_or_path!r} is neither a released model ({', '.join(VARIANTS)}) nor a directory with config.json"
-        )
-    return DiMRModel.from_pretrained(path, torch_dtype=torch_dtype).eval()
+def ensure_converted(variant):
+    """The directory of a released variant's converted weights, downloaded and converted on first use."""
+    path = converted_dir(variant)
+    if not (path / "config.json").is_file():
+        convert(download_official(variant), variant, path)
+    return path

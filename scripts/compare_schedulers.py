@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from dimr import DiMRModel
+from dimr.config import REPO_ROOT
 from dimr.pipeline import SCHEDULERS, DiMRPipeline, make_scheduler
+from dimr.weights import from_official
 
-GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden"
+GOLDEN = REPO_ROOT / "tests" / "fixtures" / "golden"
 GUIDANCE = {  # golden key -> pipeline guidance settings
     "steps250_cfg0.4": dict(guidance_scale=1.4, guidance_schedule="constant"),
     "steps250_cfg3.0_powcos1.0": dict(guidance_scale=3.0, guidance_schedule="power-cosine", guidance_power=1.0),
@@ -50,7 +51,7 @@ def golden_models():
         meta = json.loads((GOLDEN / f"{name}.json").read_text())
         tensors = load_file(GOLDEN / f"{name}.safetensors")
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        yield name, DiMRModel.from_official(meta["model_config"], state), tensors
+        yield name, from_official(meta["model_config"], state), tensors
 
 
 def relative_errors(models, sampler, overrides, steps):

@@ -5,6 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dimr.config import NUM_TRAIN_TIMESTEPS
+
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = ["two_branch", "three_branch"]
 
@@ -23,9 +25,9 @@ class Golden:
         return self.meta["model_config"]
 
     def model(self):
-        from dimr import DiMRModel
+        from dimr.weights import from_official
 
-        return DiMRModel.from_official(self.config, dict(self.state_dict))
+        return from_official(self.config, dict(self.state_dict))
 
     def __getitem__(self, key):
         return self.tensors[key]
@@ -33,7 +35,7 @@ class Golden:
 
 def timestep_from_log_snr(log_snr):
     """Inverse of the official time input log_snr = 8 n / 1000 - 4, with n = k + 1."""
-    return (log_snr + 4) / 8 * 1000 - 1
+    return (log_snr + 4) / 8 * NUM_TRAIN_TIMESTEPS - 1
 
 
 @pytest.fixture(params=GOLDEN)

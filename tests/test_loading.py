@@ -87,6 +87,18 @@ def test_a_file_that_is_not_a_vae_is_rejected(tmp_path):
         load_vae(tmp_path / "other.safetensors")
 
 
+def test_a_name_resolves_to_its_files_in_one_place(pixel_dir):
+    from dimr.config import variant_config
+    from dimr.loading import model_config, model_files
+    from dimr.weights import converted_dir
+
+    assert model_files("tiny-dimr") == loading.ModelFiles(loading.CHECKPOINTS_DIR / "tiny-dimr")
+    assert model_files(str(pixel_dir)) == model_files(pixel_dir) == loading.ModelFiles(pixel_dir)
+    assert model_files("DiMR-XL/2R") == loading.ModelFiles(converted_dir("DiMR-XL/2R"), "DiMR-XL/2R")
+    assert model_config("DiMR-XL/2R") == variant_config("DiMR-XL/2R"), "a released config needs no download"
+    assert model_config(pixel_dir)["stage_configs"] == tiny_pixel_model().config.stage_configs
+
+
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ValueError) as err:
         load_pipeline("DiMR-XXL", device="cpu")

@@ -42,20 +42,44 @@ def test_forward_returns_the_full_resolution_branch(golden):
     assert out.sample.shape == golden["in.x"].shape
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(golden):
+def test_gradient_checkpointing_recomputes_blocks_and_gives_the_same_gradients(golden):
     model = golden.model().train()
     x, y = golden["in.x"], golden["in.y"]
+    block_calls, checkpointed_calls = [], []
+    model.stages[0].blocks[0].register_forward_pre_hook(lambda *_: block_calls.append(1))
+
+    def checkpoint(block, *args):
+        checkpointed_calls.append(1)
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
 
     def grads():
         model.zero_grad()
+        block_calls.clear()
         sum(b.square().mean() for b in model.forward_branches(x, 300, y)).backward()
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     plain = grads()
-    model.enable_gradient_checkpointing()
+    assert len(block_calls) == 1 and not checkpointed_calls
+    model.enable_gradient_checkpointing(checkpoint)
     checkpointed = grads()
-    for a, b in zip(plain, checkpointed):
+    assert len(block_calls) == 2, "a checkpointed block runs again in the backward pass"
+    assert len(checkpointed_calls) == sum(len(stage.blocks) for stage in model.stages)
+    for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b)
+
+    # Without gradients there is nothing to save memory for: blocks run directly.
+    checkpointed_calls.clear()
+    with torch.no_grad():
+        model.forward_branches(x, 300, y)
+    assert not checkpointed_calls
+
+
+def test_the_model_keeps_its_config_normalised(golden):
+    from dimr.config import normalize_official_config
+
+    model = golden.model()
+    assert model.config.stage_configs == normalize_official_config(golden.config)["stage_configs"]
+    assert all("head_patch_size" in stage for stage in model.config.stage_configs), "defaults filled in"
 
 
 def test_save_and_load_pretrained_roundtrip(golden, tmp_path):

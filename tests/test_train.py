@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from dimr.data.shapes import CLASS_NAMES
 from dimr.model import DiMRModel
-from dimr.train import (Trainer, load_config, model_cost, multiscale_targets, prepare_config,
-                        scaled_linear_alphas_cumprod, train)
+from dimr.train import (Trainer, diffusion_loss, load_config, model_cost, multiscale_targets, prepare_config,
+                        scaled_linear_alphas_cumprod, snr_weights, train)
 
 
 def tiny_config(**train_overrides):
@@ -57,6 +57,33 @@ def test_config_fills_classes_and_default_loss_coeffs_and_rejects_mismatches():
         tiny_config(loss_coeffs=[0.25, 0.25, 1.0])
     with pytest.raises(ValueError, match=r"unknown train fields \['learning_rate'\]"):
         tiny_config(learning_rate=0.1)
+
+
+def test_min_snr_weights_cap_the_easy_low_noise_steps_and_leave_the_rest():
+    abar = torch.tensor([0.99, 5 / 6, 0.5, 0.01])  # SNR 99, 5, 1, 1/99
+    assert snr_weights(abar, 5.0).tolist() == pytest.approx([5 / 99, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"train.min_snr_gamma must be positive \(or null for no weighting\), got 0"):
+        tiny_config(min_snr_gamma=0)
+
+
+def test_weighted_loss_weights_each_sample_but_logs_the_plain_mse():
+    torch.manual_seed(0)
+    model = DiMRModel(**tiny_config()["model"])
+    x0, noise = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 3, 32, 32)
+    labels, timesteps = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 10, 500, 999])
+    abar = scaled_linear_alphas_cumprod()
+    plain, plain_branches = diffusion_loss(model, x0, labels, timesteps, noise, abar, [0.25, 1.0])
+    weighted, weighted_branches = diffusion_loss(model, x0, labels, timesteps, noise, abar, [0.25, 1.0], 5.0)
+    assert torch.allclose(torch.stack(plain_branches), torch.stack(weighted_branches))
+    assert weighted < plain  # the two low-noise samples count less
+
+
+def test_new_models_start_from_the_official_initialisation():
+    model = DiMRModel(**load_config("tiny-dimr")["model"])
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    weights = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))])
+    assert abs(weights.std().item() - 0.02) < 0.002 and abs(weights.mean().item()) < 0.001
+    assert all(m.bias is None or not m.bias.any() for m in convs)
 
 
 def test_learning_rate_warms_up_holds_and_decays_to_zero_at_the_last_step(tmp_path):

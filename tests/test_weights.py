@@ -9,7 +9,7 @@ import torch
 from conftest import FIXTURES, Golden
 from dimr import DiMRModel, variant_config
 from dimr.model import count_parameters
-from dimr.weights import CheckpointError, load_pretrained, read_official_checkpoint
+from dimr.weights import CheckpointError, ensure_converted, from_official, read_official_checkpoint
 
 LAYOUT = json.loads((FIXTURES / "official_state_dict_layout.json").read_text())
 
@@ -18,7 +18,7 @@ LAYOUT = json.loads((FIXTURES / "official_state_dict_layout.json").read_text())
 def test_released_variants_load_the_official_layout_strictly(variant):
     layout = LAYOUT[variant]
     state_dict = {k: torch.empty(shape, device="meta") for k, shape in layout["keys"].items()}
-    model = DiMRModel.from_official(variant_config(variant), state_dict)
+    model = from_official(variant_config(variant), state_dict)
     assert count_parameters(model) == layout["num_parameters"]
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == layout["keys"]
 
@@ -69,7 +69,7 @@ def test_a_renamed_key_is_listed_as_missing_and_unexpected(official_pth):
     state = dict(golden.state_dict)
     state["stages.0.blocks.0.block1.qkv.weight"] = state.pop("stages.0.blocks.0.block1.query_key_value.weight")
     with pytest.raises(CheckpointError) as err:
-        DiMRModel.from_official(golden.config, state)
+        from_official(golden.config, state)
     message = str(err.value)
     assert "Missing keys (1):\n  stages.0.blocks.0.block1.query_key_value.weight [192, 64]" in message
     assert "Unexpected keys (1):\n  stages.0.blocks.0.block1.qkv.weight [192, 64]" in message
@@ -80,7 +80,7 @@ def test_a_changed_shape_is_listed_with_both_shapes(official_pth):
     state = dict(golden.state_dict)
     state["stages.1.output_layer.2.weight"] = torch.zeros(4, 32, 1, 1)
     with pytest.raises(CheckpointError, match=r"stages\.1\.output_layer\.2\.weight: expected \[4, 32, 3, 3\], found \[4, 32, 1, 1\]"):
-        DiMRModel.from_official(golden.config, state)
+        from_official(golden.config, state)
 
 
 def test_convert_command_writes_safetensors_that_reproduce_the_model(official_pth, tmp_path, monkeypatch):
@@ -130,8 +130,10 @@ def test_a_released_name_resolves_through_the_hub_cache_and_is_converted_once(hu
 
     golden, path, hub_cache = hub_variant
     put_in_hub_cache(hub_cache, weights.HUB_REPO, "DiMR-test_2R.pth", path)
-    model = load_pretrained("DiMR-test/2R")
-    assert (weights.converted_dir("DiMR-test/2R") / "diffusion_pytorch_model.safetensors").is_file()
+    directory = ensure_converted("DiMR-test/2R")
+    assert directory == weights.converted_dir("DiMR-test/2R")
+    assert (directory / "diffusion_pytorch_model.safetensors").is_file()
+    model = DiMRModel.from_pretrained(directory)
     with torch.no_grad():
         out = model.forward_branches(golden["in.x"], 3, golden["in.y"])
         ref = golden.model().forward_branches(golden["in.x"], 3, golden["in.y"])
@@ -139,21 +141,21 @@ def test_a_released_name_resolves_through_the_hub_cache_and_is_converted_once(hu
 
     # Second load reads the converted copy, never the hub.
     monkeypatch.setattr(weights, "download_official", lambda variant: pytest.fail("downloaded again"))
-    load_pretrained("DiMR-test/2R")
+    assert ensure_converted("DiMR-test/2R") == directory
 
 
 def test_offline_without_a_cached_file_says_how_to_get_it(hub_variant):
     with pytest.raises(CheckpointError, match=r"could not download DiMR-test_2R\.pth .* QHL067/DiMR .*python -m dimr convert"):
-        load_pretrained("DiMR-test/2R")
+        ensure_converted("DiMR-test/2R")
 
 
-def test_unknown_model_name_lists_the_released_ones():
-    with pytest.raises(CheckpointError, match=r"'DiMR-Q/9R' is neither a released model \(DiMR-XL/2R, DiMR-G/2R\)"):
-        load_pretrained("DiMR-Q/9R")
+def test_an_unreleased_variant_lists_the_released_ones():
+    with pytest.raises(ValueError, match=r"no released weights for 'DiMR-Q/9R'; released: DiMR-XL/2R, DiMR-G/2R"):
+        ensure_converted("DiMR-Q/9R")
 
 
 def test_unsupported_config_fields_are_named():
     config = variant_config("DiMR-XL/2R")
     config["stage_configs"][0]["block_type"] = "MambaBlock"
     with pytest.raises(ValueError, match=r"stage 0: block_type 'MambaBlock' is not one of"):
-        DiMRModel.from_official(config, {})
+        from_official(config, {})

@@ -159,8 +159,8 @@ def sample_parameters(num_images, seed=0):
     return params
 
 
-def render(params, image_size=IMAGE_SIZE, device="cpu"):
-    """Rasterise parameters from `sample_parameters` to uint8 images [N, 3, S, S] on `device`."""
+def render_coverage(params, image_size=IMAGE_SIZE, device="cpu"):
+    """How much of each pixel the shape covers, float [N, 1, S, S] in [0, 1], for parameters from `sample_parameters`."""
     scale = image_size / IMAGE_SIZE
     t = {k: torch.as_tensor(v, device=device, dtype=torch.float32) for k, v in params.items() if k != "labels"}
     labels = torch.as_tensor(params["labels"], device=device)
@@ -182,9 +182,19 @@ def render(params, image_size=IMAGE_SIZE, device="cpu"):
         if idx.numel():
             r, s, p = (v[idx, None, None] for v in (radius, stroke, period))
             distance[idx] = _signed_distance(name, x[idx], y[idx], r, s, p)
-    coverage = (0.5 - distance).clamp(0, 1)[:, None]
-    images = t["background"][:, :, None, None] + coverage * (t["colour"] - t["background"])[:, :, None, None]
-    return (images * 255).round().to(torch.uint8)
+    return (0.5 - distance).clamp(0, 1)[:, None]
+
+
+def colourise(coverage, params):
+    """Coverage [N, 1, S, S] -> uint8 images [N, 3, S, S]: the shape's colour over its background."""
+    background, colour = (torch.as_tensor(params[k], device=coverage.device, dtype=torch.float32)[:, :, None, None]
+                          for k in ("background", "colour"))
+    return ((background + coverage * (colour - background)) * 255).round().to(torch.uint8)
+
+
+def render(params, image_size=IMAGE_SIZE, device="cpu"):
+    """Rasterise parameters from `sample_parameters` to uint8 images [N, 3, S, S] on `device`."""
+    return colourise(render_coverage(params, image_size, device), params)
 
 
 def make_dataset(num_images, seed=0, image_size=IMAGE_SIZE, device="cpu", chunk=16384):

@@ -1,0 +1,35 @@
+"""Image grids: uint8 images tiled into one picture (optionally framed per image), and PNG writing."""
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def tile(images, columns, pad=2, scale=1, frames=None):
+    """uint8 images [N, 3, H, W] -> one uint8 grid [3, rows (H+pad) + pad, columns (W+pad) + pad].
+
+    Images are enlarged `scale` times (nearest, so pixels stay visible). `frames`, optional, gives each image
+    an RGB colour [N, 3] (or None) for the `pad`-wide border around it; borders are white otherwise.
+    """
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    n, c, h, w = images.shape
+    rows = math.ceil(n / columns)
+    grid = torch.full((c, rows * (h + pad) + pad, columns * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        top, left = r * (h + pad), col * (w + pad)
+        if frames is not None and frames[i] is not None:
+            grid[:, top : top + h + 2 * pad, left : left + w + 2 * pad] = torch.as_tensor(frames[i], dtype=torch.uint8)[:, None, None]
+        grid[:, top + pad : top + pad + h, left + pad : left + pad + w] = image
+    return grid
+
+
+def save_png(grid, path):
+    """Write a uint8 grid [3, H, W] as a PNG, creating the folder."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path)
