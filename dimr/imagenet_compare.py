@@ -115,7 +115,10 @@ def load_dit(device, torch_dtype=torch.float32):
     key = (str(device), torch_dtype)
     with _dit_lock:
         if key not in _dit_cache:
-            _dit_cache[key] = _load_dit(torch_dtype).to(device)
+            pipe = _load_dit(torch_dtype).to(device)
+            if torch.device(device).type == "cuda" and pipe.vae.dtype == torch.bfloat16:
+                pipe.vae.to(memory_format=torch.channels_last)  # as dimr.loading keeps bf16 VAEs on GPUs
+            _dit_cache[key] = pipe
         return _dit_cache[key]
 
 
