@@ -232,3 +232,18 @@ def test_the_tab_note_lists_the_weights_a_first_comparison_downloads(hub_cache, 
                                                   "DiT-XL/2 (3 GB transformer + 335 MB VAE)"]
     put_dit_in_hub_cache(hub_cache, tiny_dit())
     assert imagenet_compare.missing_weights() == ["DiMR-XL/2R (downloads 2 GB + the SD VAE)"]
+
+
+def test_the_request_benchmark_runs_on_cpu_and_writes_its_rows(tmp_path):
+    import json
+
+    from test_benchmarks import run_script
+
+    out = tmp_path / "compare.json"
+    stdout = run_script("benchmarks/compare_imagenet.py", "--tiny", "--device", "cpu", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["device"]["type"] == "cpu" and report["settings"]["steps"] == 2
+    row = report["requests"]["1"]
+    assert row["first_request_s"] > 0 and len(row["seconds"]) == 1 and row["median_s"] > 0
+    assert row["peak_extra_gib"] is None  # measured on GPUs only
+    assert f"wrote {out}" in stdout
