@@ -20,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from dimr import demo
+from dimr import demo, imagenet_compare
 
 try:
     import spaces  # Hugging Face ZeroGPU attaches a GPU only while a function wrapped in spaces.GPU runs
@@ -288,6 +288,84 @@ def pick_random_classes(model, classes):
     return checked(None, demo.random_classes, model, count, random.Random())
 
 
+# ---- ImageNet side by side: DiT-XL/2 and DiMR-XL/2R from the same noise (dimr.imagenet_compare) ----
+
+IMAGENET_HELP = f"""
+The paper's claim on real images: **{imagenet_compare.DIT_NAME}** (diffusers' DiT, 16x16 tokens of 2x2 latent
+patches) and **DiMR** ({imagenet_compare.imagenet_dimr_model()}) sample the same classes from **one and the same
+initial noise tensor**, each with its own published settings (DiMR: dpm-solver-3s, guidance 1.4; DiT: its repo's
+scheduler (DDIM), its own guidance on the noise channels, 4.0). Paper, ImageNet 256: distortion rate DiT-XL/2 71.0%,
+DiMR-XL/2R 29.2%; FID 2.27 and 1.70. *Patch grid* draws DiT's token borders on its images: look for breaks there.
+"""
+
+
+def imagenet_note():
+    missing = imagenet_compare.missing_weights()
+    where = (f"Not downloaded yet: {'; '.join(missing)}. The first comparison downloads them (needs the internet); "
+             "offline it stops at once and says what to copy where." if missing else "Weights: at hand.")
+    speed = ("On a CPU a comparison takes many minutes (the status shows the estimate before sampling starts)."
+             if demo.device().type == "cpu" else f"Device: {demo.device()}.")
+    return f"{where} {speed}"
+
+
+@on_gpu
+def compare_imagenet(classes, images_per_class, num_inference_steps, seed, dimr_guidance_scale, dit_guidance_scale,
+                     patch_grid, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):
+    """DiMR and DiT-XL/2 from the same initial noise and classes. Returns DiMR's samples, DiT's samples, DiMR's
+    branch panel after the last step (per image: each branch's estimate, then the final image) and a status line."""
+    request = checked(visitor, imagenet_compare.Request.check, classes, images_per_class, num_inference_steps, seed,
+                      dimr_guidance_scale, dit_guidance_scale, patch_grid)
+    progress(0, desc="Loading both models (the first use downloads them)")
+    pipes = checked(visitor, imagenet_compare.load, request)
+    wait = ""
+    if demo.device().type == "cpu":
+        wait = (f"On this CPU this comparison takes "
+                f"{imagenet_compare.wait_note(imagenet_compare.estimate_seconds(request, *pipes))}. ")
+    yield [], [], [], wait + "Sampling…"
+    updates, dimr_preview = imagenet_compare.stream(request), []
+    while (update := checked(visitor, next, updates, None)) is not None:
+        if isinstance(update, imagenet_compare.Progress):
+            progress((update.step, update.total), desc=f"{wait}Sampling with {update.model}", unit="steps")
+            if update.preview is not None:
+                dimr_preview = as_files((demo.enlarge(image), caption)
+                                        for image, caption in zip(update.preview, request.dimr.captions))
+            yield dimr_preview, [], [], f"{wait}Sampling with {update.model}: step {update.step} of {update.total}…"
+        else:
+            yield (as_files(update.dimr.gallery()), as_files(update.dit_gallery()),
+                   as_files(update.dimr.branch_panel()), imagenet_compare.describe(update))
+
+
+def imagenet_tab():
+    """The ImageNet comparison tab and its API endpoint /compare_imagenet."""
+    dimr_model = imagenet_compare.imagenet_dimr_model()
+    with gr.Tab("ImageNet: DiT vs DiMR", elem_id="imagenet-tab"):
+        gr.Markdown(IMAGENET_HELP)
+        gr.Markdown(imagenet_note(), elem_classes="note", elem_id="imagenet-note")
+        classes = gr.Dropdown(demo.class_choices(dimr_model), value=demo.default_classes(dimr_model)[:2],
+                              multiselect=True, allow_custom_value=True, label="Classes (ImageNet)")
+        with gr.Row():
+            per_class = gr.Slider(1, 4, value=1, step=1, label="Images per class")
+            steps = gr.Slider(1, demo.MAX_STEPS, value=imagenet_compare.DEFAULT_STEPS, step=1, label="Steps")
+            seed = gr.Number(0, precision=0, minimum=0, maximum=demo.MAX_SEED, label="Seed (the shared noise)")
+        with gr.Row():
+            dimr_guidance = gr.Slider(0, 10, value=imagenet_compare.DIMR_GUIDANCE, step=0.1, label="DiMR guidance")
+            dit_guidance = gr.Slider(0, 10, value=imagenet_compare.DIT_GUIDANCE, step=0.1, label="DiT guidance")
+            patch_grid = gr.Checkbox(False, label="Patch grid (DiT's 16x16 tokens)")
+        button = gr.Button("Compare (same noise, same classes)", variant="primary", elem_id="imagenet-button")
+        status = gr.Markdown("", label="status", elem_id="imagenet-status")
+        with gr.Row():
+            dimr_gallery = gr.Gallery(label=dimr_model, columns=2, height="fit-content", format="png",
+                                      elem_id="imagenet-dimr")
+            dit_gallery = gr.Gallery(label=imagenet_compare.DIT_NAME, columns=2, height="fit-content", format="png",
+                                     elem_id="imagenet-dit")
+        panel = gr.Gallery(label="What each DiMR branch predicts (last step)", columns=3, height="fit-content",
+                           format="png", elem_classes="pixelated", elem_id="imagenet-panel")
+    compared = button.click(compare_imagenet, [classes, per_class, steps, seed, dimr_guidance, dit_guidance,
+                                               patch_grid], [dimr_gallery, dit_gallery, panel, status],
+                            api_name="compare_imagenet", preprocess=False, concurrency_id="device", concurrency_limit=1)
+    compared.failure(last_refusal, None, status, api_visibility="private")
+
+
 def build():
     model = demo.default_model()
     shapes_model = demo.TINY_DIMR
@@ -365,6 +443,7 @@ def build():
                             baseline_gallery = gr.Gallery(label="baseline: transformer only", columns=3,
                                                           elem_id="compare-baseline", **gallery_style)
                         gr.Markdown(rates_table(), elem_id="compare-rates")
+                    imagenet_tab()
 
         settings = dict(images_per_class=per_class, guidance_scale=guidance_scale, guidance_schedule=schedule,
                         guidance_power=power, num_inference_steps=steps, seed=seed, sampler=sampler)

@@ -324,8 +324,11 @@ def load(model_name, sampler=DEFAULT_SCHEDULER):
     return accelerate_pipeline(pipe, mode)
 
 
-def stream(request, stop=None):
+def stream(request, stop=None, latents=None):
     """Sample a request: yields Progress about every PREVIEW_INTERVAL_S, then the Generation.
+
+    latents: the initial noise [B, C, H, W] instead of noise drawn from the request's seed (dimr.imagenet_compare
+    gives the same tensor to DiMR and DiT).
 
     The pipeline runs in the sampling thread so that previews can be yielded while it samples. Setting the
     `stop` event (or closing this generator, as Gradio does when the browser goes away) ends sampling after
@@ -354,7 +357,8 @@ def stream(request, stop=None):
             out = pipe(request.labels, guidance_scale=request.guidance_scale,
                        guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
                        num_inference_steps=steps, generator=torch.Generator(dev).manual_seed(request.seed),
-                       output_type="np", return_branches=True, branch_steps=panel_steps(pipe, steps),
+                       latents=latents, output_type="np", return_branches=True,
+                       branch_steps=panel_steps(pipe, steps),
                        callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["branch_x0_pred"])
             result["out"], result["seconds"] = out, time.perf_counter() - start
         except BaseException as err:  # re-raised in the caller's thread

@@ -153,19 +153,28 @@ def load_vae(source=VAE_REPO, torch_dtype=torch.float32):
         return _vae_from_file(path).to(torch_dtype).eval()
     if path.suffix in (".safetensors", ".pt", ".pth", ".ckpt", ".bin") or path.is_absolute():
         raise FileNotFoundError(f"VAE file {path} does not exist")
-    try:
-        return AutoencoderKL.from_pretrained(str(source), torch_dtype=torch_dtype, local_files_only=True).eval()
-    except OSError:
-        pass  # not in the local cache
     how = (f"Put a copy in the Hugging Face cache (`huggingface-cli download {source}` on a connected machine, "
            f"then copy HF_HOME), or pass a local VAE directory or weights file.")
-    if not _hub_reachable():
-        raise CheckpointError(f"the VAE {source!r} is not in the Hugging Face cache and the hub "
-                              f"({_hub_endpoint()}) cannot be reached (or HF_HUB_OFFLINE is set). {how}")
+    return cached_or_downloaded(
+        lambda **hub: AutoencoderKL.from_pretrained(str(source), torch_dtype=torch_dtype, **hub).eval(),
+        f"the VAE {source!r}", how)
+
+
+def cached_or_downloaded(load, what, how):
+    """load(local_files_only=True) from the Hugging Face cache, else, when the hub can be reached, the same with
+    local_files_only=False (a download). Never waits on an unreachable hub: CheckpointError naming `what` (e.g.
+    "the VAE 'x'") and ending with `how` (what to download and where to put it)."""
     try:
-        return AutoencoderKL.from_pretrained(str(source), torch_dtype=torch_dtype).eval()
+        return load(local_files_only=True)
+    except OSError:
+        pass  # not (completely) in the local cache
+    if not _hub_reachable():
+        raise CheckpointError(f"{what} is not in the Hugging Face cache and the hub ({_hub_endpoint()}) cannot be "
+                              f"reached (or HF_HUB_OFFLINE is set). {how}")
+    try:
+        return load(local_files_only=False)
     except OSError as err:
-        raise CheckpointError(f"could not download the VAE {source!r}: {str(err).splitlines()[0]}. {how}") from err
+        raise CheckpointError(f"could not download {what}: {str(err).splitlines()[0]}. {how}") from err
 
 
 def _vae_from_file(path):

@@ -1,0 +1,249 @@
+"""The ImageNet comparison (dimr.imagenet_compare) with small random models: a tiny DiTTransformer2DModel laid out
+as facebook/DiT-XL-2-256 in a Hugging Face cache, and a tiny latent DiMR with ImageNet labels as DIMR_MODEL.
+The DiT loop equals diffusers' DiTPipeline, both sides start from bit-identical noise, the endpoint returns both
+galleries and the branch panel, bad input and missing weights get clear errors at once."""
+
+import time
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+from PIL import Image
+
+from conftest import Golden
+from dimr import demo, imagenet_compare
+from dimr.imagenet_compare import DIT_REPO, Request, dit_decode, dit_denoise, initial_noise, stream
+from dimr.loading import clear_cache
+from dimr.weights import CheckpointError
+from test_pipeline import one_thread, tiny_vae  # noqa: F401  (one_thread: autouse, the models are tiny)
+
+REVISION = "0" * 40
+LATENT_SHAPE = (4, 16, 16)  # the golden two-branch DiMR's latents; the tiny VAE decodes them to 32x32
+
+
+def tiny_dit(sample_size=16):
+    """A random DiT with XL/2's structure in miniature: patch 2, learned sigma (8 output channels), 1000 classes."""
+    torch.manual_seed(0)
+    return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                 num_layers=2, sample_size=sample_size, patch_size=2, num_embeds_ada_norm=1000).eval()
+
+
+def dit_scheduler():
+    """DDIM on DiT's training schedule (linear betas 1e-4..0.02)."""
+    return DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False)
+
+
+def put_dit_in_hub_cache(hub_cache, transformer):
+    """facebook/DiT-XL-2-256 as huggingface_hub caches it (weights as .bin files, like the repo's main branch)."""
+    repo_dir = hub_cache / f"models--{DIT_REPO.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(REVISION)
+    snapshot = repo_dir / "snapshots" / REVISION
+    transformer.save_pretrained(snapshot / "transformer", safe_serialization=False)
+    tiny_vae().save_pretrained(snapshot / "vae", safe_serialization=False)
+    dit_scheduler().save_pretrained(snapshot / "scheduler")
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    clear_cache()
+    imagenet_compare.clear_dit_cache()
+    yield
+    clear_cache()
+    imagenet_compare.clear_dit_cache()
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of this test's own (offline, from conftest)."""
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def save_tiny_imagenet_dimr(directory):
+    """A latent DiMR with ImageNet labels (1001 classes with the null class) and its VAE in vae/."""
+    Golden("two_branch").model().save_pretrained(directory)
+    tiny_vae().save_pretrained(directory / "vae")
+    return directory
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, hub_cache, monkeypatch):
+    """DIMR_MODEL = a tiny ImageNet DiMR; the tiny DiT in the hub cache; everything on the CPU."""
+    monkeypatch.setenv("DIMR_MODEL", str(save_tiny_imagenet_dimr(tmp_path / "dimr")))
+    monkeypatch.setenv("DIMR_DEVICE", "cpu")
+    put_dit_in_hub_cache(hub_cache, tiny_dit())
+
+
+def run(request):
+    updates = list(stream(request))
+    assert all(isinstance(u, imagenet_compare.Progress) for u in updates[:-1])
+    return updates
+
+
+@pytest.mark.parametrize("guidance_scale", [4.0, 1.0])
+def test_the_dit_loop_gives_diffusers_dit_pipeline_images_bit_for_bit(guidance_scale):
+    pipe = DiTPipeline(transformer=tiny_dit(), vae=tiny_vae(), scheduler=dit_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe([1, 207], guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(3),
+                    num_inference_steps=4, output_type="pt").images
+    *_, latents = dit_denoise(pipe, [1, 207], initial_noise(2, LATENT_SHAPE, 3), guidance_scale, 4)
+    assert torch.equal(dit_decode(pipe, latents), expected)
+    assert expected.std() > 0
+
+
+def test_both_models_start_from_bit_identical_noise(tiny_setup, monkeypatch):
+    request = Request.check(["golden retriever", 88], images_per_class=2, num_inference_steps=3, seed=5)
+    dimr_pipe, dit_pipe = imagenet_compare.load(request)
+    first_inputs = {}
+
+    def recording(name, network):
+        def call(sample, *args, **kwargs):
+            first_inputs.setdefault(name, sample.clone())
+            return network(sample, *args, **kwargs)
+        return call
+
+    # DiMRPipeline calls model.forward_branches; the DiT loop calls the transformer, which calls its forward.
+    monkeypatch.setattr(dimr_pipe.model, "forward_branches", recording("dimr", dimr_pipe.model.forward_branches))
+    monkeypatch.setattr(dit_pipe.transformer, "forward", recording("dit", dit_pipe.transformer.forward))
+    comparison = run(request)[-1]
+    noise = initial_noise(4, LATENT_SHAPE, 5)
+    assert torch.equal(comparison.noise, noise)
+    # The first network call sees [conditional half; unconditional half], both the initial noise.
+    for name in ("dimr", "dit"):
+        assert first_inputs[name].shape == (8, *LATENT_SHAPE), name
+        assert torch.equal(first_inputs[name][:4], noise) and torch.equal(first_inputs[name][4:], noise), name
+    assert not torch.equal(comparison.noise, initial_noise(4, LATENT_SHAPE, 6)), "the seed must choose the noise"
+
+
+def test_a_comparison_returns_both_galleries_and_the_branch_panel(tiny_setup):
+    request = Request.check([207, "macaw"], num_inference_steps=3, seed=1, patch_grid=True)
+    updates = run(request)
+    models = [u.model for u in updates[:-1]]
+    assert models[-1] == "DiT-XL/2" and models.count("DiT-XL/2") == 3
+    comparison = updates[-1]
+    dimr_gallery, dit_gallery = comparison.dimr.gallery(), comparison.dit_gallery()
+    assert [c for _, c in dimr_gallery] == [c for _, c in dit_gallery] == ["golden retriever", "macaw"]
+    assert all(image.size == (256, 256) for image, _ in dimr_gallery + dit_gallery)  # 32x32, enlarged 8x
+    assert comparison.dit_tokens == 8  # 16x16 latents in 2x2 patches
+    assert not np.array_equal(np.asarray(dimr_gallery[0][0]), np.asarray(dit_gallery[0][0]))
+    assert [c for _, c in comparison.dimr.branch_panel()[:3]] == ["8x8 latent branch", "16x16 latent branch",
+                                                                  "final: golden retriever"]
+    status = imagenet_compare.describe(comparison)
+    assert "seed 1" in status and "DDIMScheduler" in status and "guidance 4" in status
+
+
+def test_the_patch_grid_marks_every_token_border_and_nothing_else():
+    plain = Image.new("RGB", (256, 256))
+    gridded = np.asarray(imagenet_compare.draw_patch_grid(plain, 16)).max(axis=2)
+    lines = [k * 16 for k in range(1, 16)]
+    assert (gridded[:, lines] > 0).all() and (gridded[lines, :] > 0).all()
+    others = [x for x in range(256) if x not in lines]
+    assert (gridded[np.ix_(others, others)] == 0).all()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(classes=["not a class at all"]), "not a class at all"),
+    (dict(classes=[]), "no class chosen"),
+    (dict(classes=[1], dit_guidance_scale=-1), "^dit_guidance_scale=-1 is negative"),
+    (dict(classes=[1], dimr_guidance_scale=float("nan")), "^dimr_guidance_scale must be a finite number"),
+    (dict(classes=[1], dit_guidance_scale="high"), "^dit_guidance_scale must be a finite number"),
+    (dict(classes=[1], patch_grid="yes"), "patch_grid must be true or false"),
+    (dict(classes=[1], num_inference_steps=0), "num_inference_steps=0"),
+    (dict(classes=[1, 2], images_per_class=9), "at most 16"),
+])
+def test_bad_input_is_rejected_before_anything_loads(arguments, message, monkeypatch):
+    monkeypatch.setattr(imagenet_compare, "load_dit", lambda *a: pytest.fail("loaded DiT for a bad request"))
+    with pytest.raises(ValueError, match=message):
+        Request.check(**arguments)
+
+
+def test_the_dimr_side_is_dimr_xl_unless_dimr_model_is_an_imagenet_model(tmp_path, monkeypatch):
+    monkeypatch.delenv("DIMR_MODEL", raising=False)
+    assert imagenet_compare.imagenet_dimr_model() == "DiMR-XL/2R"
+    monkeypatch.setenv("DIMR_MODEL", "tiny-dimr")  # a shapes model: not ImageNet
+    assert imagenet_compare.imagenet_dimr_model() == "DiMR-XL/2R"
+    monkeypatch.setenv("DIMR_MODEL", str(save_tiny_imagenet_dimr(tmp_path / "dimr")))
+    assert imagenet_compare.imagenet_dimr_model() == str(tmp_path / "dimr")
+
+
+def test_offline_without_the_dit_weights_the_error_says_what_to_do_at_once(hub_cache):
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as err:
+        imagenet_compare.load_dit("cpu")
+    assert time.monotonic() - start < 5
+    assert "not in the Hugging Face cache" in str(err.value)
+    assert f"huggingface-cli download {DIT_REPO}" in str(err.value)
+
+
+def test_a_dit_whose_latents_differ_from_dimr_is_refused(tmp_path, hub_cache, monkeypatch):
+    monkeypatch.setenv("DIMR_MODEL", str(save_tiny_imagenet_dimr(tmp_path / "dimr")))
+    monkeypatch.setenv("DIMR_DEVICE", "cpu")
+    put_dit_in_hub_cache(hub_cache, tiny_dit(sample_size=8))
+    with pytest.raises(ValueError, match=r"latents of shape \(4, 16, 16\) but DiT-XL/2 \(4, 8, 8\)"):
+        imagenet_compare.load(Request.check([1]))
+
+
+def test_the_wait_estimate_grows_with_steps_and_images(tiny_setup):
+    def estimate(**arguments):
+        request = Request.check(**{"classes": [1], **arguments})
+        return imagenet_compare.estimate_seconds(request, *imagenet_compare.load(request))
+
+    one = estimate(num_inference_steps=10)
+    assert 0 < one < estimate(num_inference_steps=20) and one < estimate(num_inference_steps=10, images_per_class=2)
+    assert imagenet_compare.wait_note(30) == "about 30 seconds"
+    assert imagenet_compare.wait_note(600) == "about 10 minutes"
+
+
+def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path):
+    """`python app.py` with DIMR_MODEL = the tiny ImageNet DiMR and the tiny DiT in its Hugging Face cache."""
+    from gradio_client import Client
+
+    from app_server import running_app
+
+    put_dit_in_hub_cache(tmp_path / "hf-home" / "hub", tiny_dit())
+    env = {"DIMR_MODEL": str(save_tiny_imagenet_dimr(tmp_path / "dimr")), "DIMR_DEVICE": "cpu",
+           "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub")}
+    with running_app(tmp_path, env) as (url, _):
+        client = Client(url, verbose=False)
+        dimr, dit, panel, status = client.predict(
+            classes=["golden retriever", 88], images_per_class=1, num_inference_steps=2, seed=0,
+            dimr_guidance_scale=1.4, dit_guidance_scale=4.0, patch_grid=True, api_name="/compare_imagenet")
+        assert [item["caption"] for item in dimr] == [item["caption"] for item in dit] == ["golden retriever", "macaw"]
+        for item in dimr + dit:
+            with Image.open(item["image"]) as image:
+                assert image.size == (256, 256) and np.asarray(image).std() > 0
+        assert [item["caption"] for item in panel] == ["8x8 latent branch", "16x16 latent branch",
+                                                       "final: golden retriever", "8x8 latent branch",
+                                                       "16x16 latent branch", "final: macaw"]
+        assert "Same noise (seed 0)" in status and "DiT-XL/2: 2 images, 2 steps" in status
+        with pytest.raises(Exception, match="dit_guidance_scale=-2 is negative"):
+            client.predict(classes=[1], images_per_class=1, num_inference_steps=2, seed=0, dimr_guidance_scale=1.4,
+                           dit_guidance_scale=-2, patch_grid=False, api_name="/compare_imagenet")
+
+
+def test_the_tab_note_lists_the_weights_a_first_comparison_downloads(hub_cache, monkeypatch):
+    monkeypatch.delenv("DIMR_MODEL", raising=False)
+    assert imagenet_compare.missing_weights() == ["DiMR-XL/2R (downloads 2 GB + the SD VAE)",
+                                                  "DiT-XL/2 (3 GB transformer + 335 MB VAE)"]
+    put_dit_in_hub_cache(hub_cache, tiny_dit())
+    assert imagenet_compare.missing_weights() == ["DiMR-XL/2R (downloads 2 GB + the SD VAE)"]
+
+
+def test_the_request_benchmark_runs_on_cpu_and_writes_its_rows(tmp_path):
+    import json
+
+    from test_benchmarks import run_script
+
+    out = tmp_path / "compare.json"
+    stdout = run_script("benchmarks/compare_imagenet.py", "--tiny", "--device", "cpu", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["device"]["type"] == "cpu" and report["settings"]["steps"] == 2
+    row = report["requests"]["1"]
+    assert row["first_request_s"] > 0 and len(row["seconds"]) == 1 and row["median_s"] > 0
+    assert row["peak_extra_gib"] is None  # measured on GPUs only
+    assert f"wrote {out}" in stdout
