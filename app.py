@@ -55,8 +55,8 @@ lose their rhythm, blocks at the 4x4 patch borders. Compare each sample with the
 
 **How often:** a judge trained on real images flags 29.2% of DiMR's ImageNet samples as distorted in the paper
 (DiT 71.0%, U-ViT 63.5%). In this lab a classifier trained on real shapes flags as misdrawn: tiny DiMR
-{lab_rate(demo.TINY_DIMR)}; the same-size single-transformer baseline {lab_rate(demo.TINY_BASELINE)} (tab *Compare
-with the baseline*). The tiny models run on a CPU; the released ImageNet models download on first use.
+{lab_rate(demo.TINY_DIMR)}; the same-size single-transformer baseline {lab_rate(demo.TINY_BASELINE)} (tab
+*Compare*). The tiny models run on a CPU; the released ImageNet models download on first use.
 """
 
 
@@ -422,7 +422,7 @@ def build():
                             panel_note = gr.Markdown("", elem_id="panel-note")
                         panel = gr.Gallery(label="What each branch predicts", columns=4, elem_id="branch-panel",
                                            **gallery_style)
-                    with gr.Tab("Compare with the baseline", elem_id="compare-tab"):
+                    with gr.Tab("Compare", elem_id="compare-tab"):
                         gr.Markdown(COMPARE_HELP)
                         shapes_classes = len(demo.model_labels(shapes_model))
                         compare_classes = gr.Dropdown(demo.class_choices(shapes_model),

@@ -131,8 +131,8 @@ def test_a_comparison_returns_both_galleries_and_the_branch_panel(tiny_setup):
     assert all(image.size == (256, 256) for image, _ in dimr_gallery + dit_gallery)  # 32x32, enlarged 8x
     assert comparison.dit_tokens == 8  # 16x16 latents in 2x2 patches
     assert not np.array_equal(np.asarray(dimr_gallery[0][0]), np.asarray(dit_gallery[0][0]))
-    assert [c for _, c in comparison.dimr.branch_panel()[:3]] == ["8x8 latent branch", "16x16 latent branch",
-                                                                  "final: golden retriever"]
+    assert [c for _, c in comparison.dimr.branch_panel()[:3]] == ["8x8 latent transformer (2x2 px patches)",
+                                                                  "16x16 latent ConvNeXt", "final: golden retriever"]
     status = imagenet_compare.describe(comparison)
     assert "seed 1" in status and "DDIMScheduler" in status and "guidance 4" in status
 
@@ -217,9 +217,8 @@ def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path):
         for item in dimr + dit:
             with Image.open(item["image"]) as image:
                 assert image.size == (256, 256) and np.asarray(image).std() > 0
-        assert [item["caption"] for item in panel] == ["8x8 latent branch", "16x16 latent branch",
-                                                       "final: golden retriever", "8x8 latent branch",
-                                                       "16x16 latent branch", "final: macaw"]
+        branches = ["8x8 latent transformer (2x2 px patches)", "16x16 latent ConvNeXt"]
+        assert [item["caption"] for item in panel] == [*branches, "final: golden retriever", *branches, "final: macaw"]
         assert "Same noise (seed 0)" in status and "DiT-XL/2: 2 images, 2 steps" in status
         with pytest.raises(Exception, match="dit_guidance_scale=-2 is negative"):
             client.predict(classes=[1], images_per_class=1, num_inference_steps=2, seed=0, dimr_guidance_scale=1.4,
