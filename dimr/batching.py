@@ -1,0 +1,225 @@
+"""Shared sampling runs: demo requests that wait together for the device sample together, in one pipeline call.
+
+    batcher = Batcher(load=lambda request: pipeline, branch_steps=lambda pipe, steps: [step indices])
+    job = batcher.submit(request)                 # a dimr.demo.Request; returns at once
+    while not job.finished.wait(0.4):
+        preview = job.take_preview()              # (0-based step, this request's clean estimate [B, C, H, W]) or None
+    out, seconds = job.result()                   # this request's own DiMRPipelineOutput (np images, branch trace)
+
+One worker thread samples. When the device is free it takes the oldest waiting request and every other waiting
+request with the same `share_key` (model, steps, sampler, guidance schedule and power), up to `run_capacity`
+images, and samples them in one call: the pipeline's per-sample guidance gives each request its own guidance
+scale, and each request's noise is drawn from its own seed exactly as a run of that request alone draws it, so a
+request gets the images it would get alone (up to float rounding of a larger batch). Each request still gets its
+own previews, branch panel and result, and may stop on its own: a run stops early only when all of its requests
+have stopped.
+
+Background tasks (`batcher.background(fn)`, e.g. warming up compiled shapes at start-up) run only while no
+request waits, one at a time, so a request waits for at most one of them.
+"""
+
+import logging
+import os
+import threading
+import time
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from .pipeline import BranchTrace, DiMRPipelineOutput
+
+logger = logging.getLogger(__name__)
+
+# A run of a latent model holds no more images than the largest single request (dimr.demo.MAX_IMAGES), so a
+# shared run needs no more GPU memory than one request can; pixel-space models are small enough for more.
+RUN_IMAGES_LATENT = 16
+RUN_IMAGES_PIXEL = 64
+CPU_THREADS = torch.get_num_threads()
+
+
+def run_capacity(pipe):
+    """The most images one shared run of this pipeline samples."""
+    return RUN_IMAGES_PIXEL if pipe.is_pixel_space else RUN_IMAGES_LATENT
+
+
+def share_key(request):
+    """Requests with equal keys can share a run: the pipeline takes these once per call."""
+    return (request.model, request.num_inference_steps, request.sampler, request.guidance_schedule,
+            request.guidance_power)
+
+
+class Stopped(RuntimeError):
+    def __init__(self):
+        super().__init__("sampling was stopped before the last step")
+
+
+class Job:
+    """One request inside the batcher: its previews while sampling, then its result (or error)."""
+
+    def __init__(self, request, stop):
+        self.request = request
+        self.stop = stop  # set by the requester to leave; the job then finishes with Stopped
+        self.finished = threading.Event()
+        self.pipe = None  # the pipeline of its run, set before the first preview
+        self._preview = None
+        self._outcome = None
+
+    @property
+    def size(self):
+        return len(self.request.labels)
+
+    def take_preview(self):
+        """The newest (0-based step, clean estimate [B, C, H, W]) since the last call, or None."""
+        preview, self._preview = self._preview, None
+        return preview
+
+    def result(self):
+        """(DiMRPipelineOutput of this request, seconds of its run); raises the run's error or Stopped."""
+        self.finished.wait()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+    def _finish(self, outcome):
+        if not self.finished.is_set():
+            self._outcome = outcome
+            self.finished.set()
+
+
+class Batcher:
+    """Samples submitted requests on one worker thread, sharing runs between compatible requests (module docstring).
+
+    load(request) -> the DiMRPipeline for the request's model and sampler (called on the worker thread);
+    branch_steps(pipe, num_inference_steps) -> the step indices whose branch images the requests get.
+    """
+
+    def __init__(self, load, branch_steps):
+        self._load = load
+        self._branch_steps = branch_steps
+        self._changed = threading.Condition()
+        self._waiting = []
+        self._background = []
+        self._worker_pid = None
+
+    def submit(self, request, stop=None):
+        """Queue a request (a checked dimr.demo.Request); returns its Job at once."""
+        job = Job(request, stop or threading.Event())
+        with self._changed:
+            self._waiting.append(job)
+            self._start_worker()
+            self._changed.notify()
+        return job
+
+    def background(self, task):
+        """Run task() on the worker thread when no request waits (its errors are logged by the thread, not raised)."""
+        with self._changed:
+            self._background.append(task)
+            self._start_worker()
+            self._changed.notify()
+
+    def _start_worker(self):
+        # One long-lived thread per process: the device serves one run at a time anyway, and a fresh thread per run
+        # would leave each its own allocator arena (resident memory that grows with requests). A forked process
+        # (ZeroGPU runs requests in one) has no threads of its parent, so it starts its own.
+        if self._worker_pid != os.getpid():
+            self._worker_pid = os.getpid()
+            threading.Thread(target=self._work, name="dimr-sampling", daemon=True).start()
+
+    def _work(self):
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._waiting or self._background)
+                first = self._waiting[0] if self._waiting else None
+                task = None if first else self._background.pop(0)
+            if task is not None:
+                try:
+                    task()
+                except Exception:  # noqa: BLE001 - a failed background task must not end the worker
+                    logger.exception("background task %r failed", task)
+                continue
+            try:
+                pipe = self._load(first.request)
+            except BaseException as err:  # noqa: BLE001 - handed to the requester, who re-raises it
+                with self._changed:
+                    self._waiting.remove(first)
+                first._finish(err)
+                continue
+            with self._changed:
+                jobs = self._take_run(first, run_capacity(pipe))
+            if jobs:
+                self._run(pipe, jobs)
+
+    def _take_run(self, first, capacity):
+        """Remove from the queue and return the oldest waiting jobs that can share a run with `first`."""
+        jobs, images = [], 0
+        for job in list(self._waiting):
+            if share_key(job.request) != share_key(first.request) or images + job.size > capacity:
+                continue
+            self._waiting.remove(job)
+            if job.stop.is_set():
+                job._finish(Stopped())
+                continue
+            jobs.append(job)
+            images += job.size
+        return jobs
+
+    def _run(self, pipe, jobs):
+        request = jobs[0].request
+        dev, steps = pipe.device, request.num_inference_steps
+        pipe.set_progress_bar_config(disable=True)
+        spans, start = [], 0
+        for job in jobs:
+            spans.append((start, start + job.size))
+            start += job.size
+            job.pipe = pipe
+        # Each request's noise as a run of it alone draws it: the pipeline's own randn_tensor with its seed.
+        latents = torch.cat([randn_tensor((job.size, *pipe.latent_shape), device=dev, dtype=torch.float32,
+                                          generator=torch.Generator(dev).manual_seed(job.request.seed))
+                             for job in jobs])
+        scales = [job.request.guidance_scale for job in jobs for _ in range(job.size)]
+        # One scale for all keeps the pipeline's scalar path (and its skip of the uncond half when it is 1).
+        guidance = scales[0] if len(set(scales)) == 1 else torch.tensor(scales)
+
+        def on_step(pipeline, i, t, tensors):
+            estimate = tensors["branch_x0_pred"][-1]
+            for job, (a, b) in zip(jobs, spans):
+                if job.stop.is_set():
+                    job._finish(Stopped())
+                elif not job.finished.is_set():
+                    job._preview = (i, estimate[a:b])
+            if all(job.finished.is_set() for job in jobs):
+                pipeline._interrupt = True
+            return {}
+
+        # Small pixel-space models on a CPU sample with one thread: their operations are too small to split, and
+        # on a busy CPU a thread pool waits for its other threads at every operation (on a 2-core machine shared
+        # with other work: 0.33 s with one thread, 11-24 s with two, for 2 images x 10 steps).
+        torch.set_num_threads(1 if dev.type == "cpu" and pipe.is_pixel_space else CPU_THREADS)
+        try:
+            # bf16 autocast on GPUs (whatever the weights' dtype); the pipeline decodes the VAE outside autocast.
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                began = time.perf_counter()
+                out = pipe([c for job in jobs for c in job.request.labels], guidance_scale=guidance,
+                           guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
+                           num_inference_steps=steps, latents=latents, output_type="np", return_branches=True,
+                           branch_steps=self._branch_steps(pipe, steps), callback_on_step_end=on_step,
+                           callback_on_step_end_tensor_inputs=["branch_x0_pred"])
+                seconds = time.perf_counter() - began
+        except BaseException as err:  # noqa: BLE001 - handed to every requester of the run
+            for job in jobs:
+                job._finish(err)
+            return
+        finally:
+            torch.set_num_threads(CPU_THREADS)
+        for job, (a, b) in zip(jobs, spans):
+            job._finish((part_of(out, a, b), seconds))
+
+
+def part_of(out, start, stop):
+    """Samples start..stop-1 of a pipeline output (np images, with its branch trace)."""
+    trace = out.branches
+    part = BranchTrace(timesteps=trace.timesteps, scales=trace.scales,
+                       noise_pred=[x[:, start:stop] for x in trace.noise_pred],
+                       x0_pred=[x[:, start:stop] for x in trace.x0_pred], image_steps=trace.image_steps,
+                       images=[[images[start:stop] for images in step] for step in trace.images])
+    return DiMRPipelineOutput(images=out.images[start:stop], branches=part)

@@ -1,0 +1,134 @@
+"""dimr.batching: requests waiting together share one sampling run and each gets what it would get alone."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from dimr import DiMRPipeline, batching
+from dimr.demo import Request
+from test_pipeline import tiny_pixel_model, tiny_vae
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = DiMRPipeline(tiny_pixel_model())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def request(class_ids, images_per_class=1, guidance_scale=1.4, seed=0, **settings):
+    settings = {**dict(model="m", guidance_schedule="constant", guidance_power=1.0, num_inference_steps=STEPS,
+                       sampler="dpm-solver-3s"), **settings}
+    return Request(class_ids=tuple(class_ids), images_per_class=images_per_class, guidance_scale=guidance_scale,
+                   seed=seed, **settings)
+
+
+class Recorder:
+    """A batcher around one pipeline that records the class labels of every run and can hold its worker."""
+
+    def __init__(self, pipe):
+        self.runs, self.outputs, self.release = [], [], threading.Event()
+        original = pipe.__class__.__call__
+
+        def recording(labels, **kwargs):
+            self.runs.append(list(labels))
+            self.outputs.append(original(pipe, labels, **kwargs))
+            return self.outputs[-1]
+
+        self.wrapped = type("Recording", (), {"__getattr__": lambda _, name: getattr(pipe, name),
+                                              "__call__": lambda _, labels, **kw: recording(labels, **kw)})()
+        self.batcher = batching.Batcher(load=lambda r: self.wrapped, branch_steps=lambda p, steps: [0, steps - 1])
+
+    def submit_together(self, requests):
+        """Submit while the worker is busy, so that all of them wait together."""
+        self.batcher.background(self.release.wait)
+        jobs = [self.batcher.submit(r) for r in requests]
+        self.release.set()
+        return jobs
+
+
+def alone(pipe, r):
+    return pipe(r.labels, guidance_scale=r.guidance_scale, num_inference_steps=STEPS, output_type="np",
+                generator=torch.Generator().manual_seed(r.seed), return_branches=True, branch_steps=[0, STEPS - 1])
+
+
+def test_waiting_requests_share_one_run_and_each_gets_its_images_alone(pipe):
+    recorder = Recorder(pipe)
+    requests = [request([0, 2], seed=1, guidance_scale=3.0), request([1], images_per_class=3, seed=7,
+                guidance_scale=1.0), request([2], seed=1, guidance_scale=0.0)]
+    jobs = recorder.submit_together(requests)
+    results = [job.result()[0] for job in jobs]
+    assert recorder.runs == [[0, 2, 1, 1, 1, 2]], "one run with every request's classes, in order"
+    for r, job, out in zip(requests, jobs, results):
+        expected = alone(pipe, r)
+        np.testing.assert_allclose(out.images, expected.images, atol=1e-5)
+        assert out.images.shape == (len(r.labels), 16, 16, 3)
+        for l in range(len(expected.branches.scales)):
+            # Early steps divide by a small sqrt(abar), which magnifies the rounding of a larger batch.
+            torch.testing.assert_close(out.branches.x0_pred[l], expected.branches.x0_pred[l], atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(out.branches.images[-1][l], expected.branches.images[-1][l], atol=1e-5)
+        step, preview = job.take_preview()
+        assert step == STEPS - 1 and preview.shape == (len(r.labels), 3, 16, 16)
+
+
+def test_requests_share_only_with_the_same_settings_and_up_to_the_run_capacity(pipe, monkeypatch):
+    monkeypatch.setattr(batching, "RUN_IMAGES_PIXEL", 3)
+    recorder = Recorder(pipe)
+    jobs = recorder.submit_together([request([0]), request([1], num_inference_steps=2), request([2, 2]),
+                                     request([1], guidance_schedule="power-cosine"), request([0])])
+    for job in jobs:
+        job.result()
+    assert recorder.runs == [[0, 2, 2], [1], [1], [0]]
+
+
+def test_a_stopped_request_leaves_and_a_run_everyone_left_stops_early(pipe):
+    recorder = Recorder(pipe)
+    jobs = recorder.submit_together([request([0]), request([1])])
+    jobs[0].stop.set()
+    with pytest.raises(batching.Stopped, match="stopped before the last step"):
+        jobs[0].result()
+    assert jobs[1].result()[0].images.shape == (1, 16, 16, 3)
+
+    job = recorder.batcher.submit(request([0], num_inference_steps=200))
+    while job.take_preview() is None:
+        job.finished.wait(0.01)
+    job.stop.set()
+    with pytest.raises(batching.Stopped):
+        job.result()
+    recorder.batcher.submit(request([1])).result()  # the worker is free again
+    assert len(recorder.outputs[-2].branches.timesteps) < 200
+
+
+def test_a_failed_load_reaches_its_requester_and_the_worker_goes_on(pipe):
+    def load(r):
+        if r.model == "broken":
+            raise ValueError("no such model")
+        return pipe
+
+    batcher = batching.Batcher(load=load, branch_steps=lambda p, steps: [steps - 1])
+    with pytest.raises(ValueError, match="no such model"):
+        batcher.submit(request([0], model="broken")).result()
+    assert batcher.submit(request([0])).result()[0].images.shape == (1, 16, 16, 3)
+
+
+def test_background_tasks_wait_while_requests_wait(pipe):
+    recorder = Recorder(pipe)
+    order = []
+    recorder.batcher.background(recorder.release.wait)
+    recorder.batcher.background(lambda: order.append("task"))
+    job = recorder.batcher.submit(request([0]))
+    recorder.release.set()
+    job.result()
+    order.append("request")
+    threading.Event().wait(0.2)
+    assert order == ["request", "task"]
+
+
+def test_a_latent_run_holds_no_more_images_than_one_request(pipe):
+    from dimr.demo import MAX_IMAGES
+
+    assert batching.run_capacity(DiMRPipeline(pipe.model, vae=tiny_vae())) == MAX_IMAGES
