@@ -54,6 +54,8 @@ CSS = """
 """
 THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"])
 APP_LIMITS = f"at most {demo.MAX_IMAGES} images and {demo.MAX_STEPS} steps per request"
+# Requests handed to dimr.demo at once; it samples those that wait together in shared runs (dimr.batching).
+CONCURRENT_REQUESTS = 32
 
 
 # The API's handlers (generate, compare) return plain values only, never gr.update / gr.skip / components for
@@ -241,10 +243,12 @@ def build():
         # (which value, what is allowed) instead of a generic component error.
         generated = generate_button.click(generate, [model_box, class_box, *settings],
                                           [gallery, panel, step_slider, status, generation], api_name="generate",
-                                          preprocess=False, concurrency_id="device", concurrency_limit=1)
+                                          preprocess=False, concurrency_id="device",
+                                          concurrency_limit=CONCURRENT_REQUESTS)
         generated.success(fit_panel, generation, [panel, step_slider, panel_note], api_visibility="private")
         compare_button.click(compare, [compare_classes, *settings], [dimr_gallery, baseline_gallery, compare_status],
-                             api_name="compare", preprocess=False, concurrency_id="device", concurrency_limit=1)
+                             api_name="compare", preprocess=False, concurrency_id="device",
+                             concurrency_limit=CONCURRENT_REQUESTS)
         step_slider.input(show_step, [generation, step_slider], [panel, panel_note], api_visibility="private",
                           trigger_mode="always_last", concurrency_limit=4)
         model_box.change(on_model_change, model_box, [class_box, model_info, guidance_scale],

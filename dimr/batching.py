@@ -7,12 +7,12 @@
     out, seconds = job.result()                   # this request's own DiMRPipelineOutput (np images, branch trace)
 
 One worker thread samples. When the device is free it takes the oldest waiting request and every other waiting
-request with the same `share_key` (model, steps, sampler, guidance schedule and power), up to `run_capacity`
-images, and samples them in one call: the pipeline's per-sample guidance gives each request its own guidance
-scale, and each request's noise is drawn from its own seed exactly as a run of that request alone draws it, so a
-request gets the images it would get alone (up to float rounding of a larger batch). Each request still gets its
-own previews, branch panel and result, and may stop on its own: a run stops early only when all of its requests
-have stopped.
+request with the same `share_key` (model, steps, sampler, guidance schedule and power), up to RUN_IMAGES distinct
+images, and samples them in one call: the pipeline's per-sample guidance gives each request its own guidance scale,
+and each request's noise is drawn from its own seed exactly as a run of that request alone draws it, so a request
+gets the images it would get alone (up to float rounding of a larger batch); equal requests are sampled once.
+Each request still gets its own previews, branch panel and result, and may stop on its own: a run stops early
+only when all of its requests have stopped.
 
 Background tasks (`batcher.background(fn)`, e.g. warming up compiled shapes at start-up) run only while no
 request waits, one at a time, so a request waits for at most one of them.
@@ -30,16 +30,11 @@ from .pipeline import BranchTrace, DiMRPipelineOutput
 
 logger = logging.getLogger(__name__)
 
-# A run of a latent model holds no more images than the largest single request (dimr.demo.MAX_IMAGES), so a
-# shared run needs no more GPU memory than one request can; pixel-space models are small enough for more.
-RUN_IMAGES_LATENT = 16
-RUN_IMAGES_PIXEL = 64
+# A shared run holds no more images than the largest single request (dimr.demo.MAX_IMAGES), so it needs no more
+# GPU memory than one request can. Larger runs would not be faster on a CPU either: tiny-dimr, one thread, on a
+# busy 2-core machine sampled 44 image-steps/s at batch 4, 36 at 16 and 24 at 64 (activations outgrow the cache).
+RUN_IMAGES = 16
 CPU_THREADS = torch.get_num_threads()
-
-
-def run_capacity(pipe):
-    """The most images one shared run of this pipeline samples."""
-    return RUN_IMAGES_PIXEL if pipe.is_pixel_space else RUN_IMAGES_LATENT
 
 
 def share_key(request):
@@ -145,7 +140,7 @@ class Batcher:
                 first._finish(err)
                 continue
             with self._changed:
-                jobs = self._take_run(first, run_capacity(pipe))
+                jobs = self._take_run(first, RUN_IMAGES)
             if jobs:
                 self._run(pipe, jobs)
 
@@ -153,30 +148,35 @@ class Batcher:
         """Remove from the queue and return the oldest waiting jobs that can share a run with `first`."""
         jobs, images = [], 0
         for job in list(self._waiting):
-            if share_key(job.request) != share_key(first.request) or images + job.size > capacity:
+            new_images = 0 if any(job.request == other.request for other in jobs) else job.size
+            if share_key(job.request) != share_key(first.request) or images + new_images > capacity:
                 continue
             self._waiting.remove(job)
             if job.stop.is_set():
                 job._finish(Stopped())
                 continue
             jobs.append(job)
-            images += job.size
+            images += new_images
         return jobs
 
     def _run(self, pipe, jobs):
         request = jobs[0].request
         dev, steps = pipe.device, request.num_inference_steps
         pipe.set_progress_bar_config(disable=True)
-        spans, start = [], 0
+        # Equal requests get equal images: each distinct one is sampled once (a class pressing Generate with the
+        # same settings costs one request).
+        distinct = list(dict.fromkeys(job.request for job in jobs))
+        where, start = {}, 0
+        for r in distinct:
+            where[r] = (start, start + len(r.labels))
+            start += len(r.labels)
+        spans = [where[job.request] for job in jobs]
         for job in jobs:
-            spans.append((start, start + job.size))
-            start += job.size
             job.pipe = pipe
         # Each request's noise as a run of it alone draws it: the pipeline's own randn_tensor with its seed.
-        latents = torch.cat([randn_tensor((job.size, *pipe.latent_shape), device=dev, dtype=torch.float32,
-                                          generator=torch.Generator(dev).manual_seed(job.request.seed))
-                             for job in jobs])
-        scales = [job.request.guidance_scale for job in jobs for _ in range(job.size)]
+        latents = torch.cat([randn_tensor((len(r.labels), *pipe.latent_shape), device=dev, dtype=torch.float32,
+                                          generator=torch.Generator(dev).manual_seed(r.seed)) for r in distinct])
+        scales = [r.guidance_scale for r in distinct for _ in r.labels]
         # One scale for all keeps the pipeline's scalar path (and its skip of the uncond half when it is 1).
         guidance = scales[0] if len(set(scales)) == 1 else torch.tensor(scales)
 
@@ -199,7 +199,7 @@ class Batcher:
             # bf16 autocast on GPUs (whatever the weights' dtype); the pipeline decodes the VAE outside autocast.
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 began = time.perf_counter()
-                out = pipe([c for job in jobs for c in job.request.labels], guidance_scale=guidance,
+                out = pipe([c for r in distinct for c in r.labels], guidance_scale=guidance,
                            guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
                            num_inference_steps=steps, latents=latents, output_type="np", return_branches=True,
                            branch_steps=self._branch_steps(pipe, steps), callback_on_step_end=on_step,

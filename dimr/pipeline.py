@@ -8,8 +8,8 @@
 
 Guidance is `uncond + w (cond - uncond)` with the model's null class, cond and uncond in one batched forward
 (w == 1 at every step skips the uncond half). guidance_scale is one number, or a tensor [B] with one per sample
-(so that requests with different scales can share one run). `guidance_schedule="constant"`: w = guidance_scale (the official
-U-ViT form `cond + 0.4 (cond - uncond)` is guidance_scale=1.4). `"power-cosine"`: the official decay
+(so that requests with different scales can share one run). `guidance_schedule="constant"`: w = guidance_scale
+(the official U-ViT form `cond + 0.4 (cond - uncond)` is guidance_scale=1.4). `"power-cosine"`: the official decay
 `w(n) = 1 + (s - 1) (1 - cos(pi (1 - n/1000)^p)) / 2`, n = k + 1 for timestep index k, s = guidance_scale,
 p = guidance_power: 1 at pure noise, s at the end.
 

@@ -8,7 +8,7 @@ import torch
 
 from dimr import DiMRPipeline, batching
 from dimr.demo import Request
-from test_pipeline import tiny_pixel_model, tiny_vae
+from test_pipeline import tiny_pixel_model
 
 STEPS = 3
 
@@ -76,10 +76,10 @@ def test_waiting_requests_share_one_run_and_each_gets_its_images_alone(pipe):
 
 
 def test_requests_share_only_with_the_same_settings_and_up_to_the_run_capacity(pipe, monkeypatch):
-    monkeypatch.setattr(batching, "RUN_IMAGES_PIXEL", 3)
+    monkeypatch.setattr(batching, "RUN_IMAGES", 3)
     recorder = Recorder(pipe)
     jobs = recorder.submit_together([request([0]), request([1], num_inference_steps=2), request([2, 2]),
-                                     request([1], guidance_schedule="power-cosine"), request([0])])
+                                     request([1], guidance_schedule="power-cosine"), request([0], seed=1)])
     for job in jobs:
         job.result()
     assert recorder.runs == [[0, 2, 2], [1], [1], [0]]
@@ -117,18 +117,21 @@ def test_a_failed_load_reaches_its_requester_and_the_worker_goes_on(pipe):
 
 def test_background_tasks_wait_while_requests_wait(pipe):
     recorder = Recorder(pipe)
-    order = []
+    jobs, request_done_before_task, task_ran = [], [], threading.Event()
     recorder.batcher.background(recorder.release.wait)
-    recorder.batcher.background(lambda: order.append("task"))
-    job = recorder.batcher.submit(request([0]))
+    recorder.batcher.background(lambda: request_done_before_task.append(jobs[0].finished.is_set()) or task_ran.set())
+    jobs.append(recorder.batcher.submit(request([0])))
     recorder.release.set()
-    job.result()
-    order.append("request")
-    threading.Event().wait(0.2)
-    assert order == ["request", "task"]
+    assert task_ran.wait(60) and request_done_before_task == [True]
 
 
-def test_a_latent_run_holds_no_more_images_than_one_request(pipe):
-    from dimr.demo import MAX_IMAGES
-
-    assert batching.run_capacity(DiMRPipeline(pipe.model, vae=tiny_vae())) == MAX_IMAGES
+def test_equal_requests_are_sampled_once_and_each_gets_the_images(pipe, monkeypatch):
+    monkeypatch.setattr(batching, "RUN_IMAGES", 3)
+    recorder = Recorder(pipe)
+    same = [request([0, 1], seed=4) for _ in range(3)]
+    jobs = recorder.submit_together([*same, request([2], seed=4), request([2], seed=5)])
+    outs = [job.result()[0] for job in jobs]
+    assert recorder.runs == [[0, 1, 2], [2]], "equal requests take no room in a run"
+    for out in outs[1:3]:
+        np.testing.assert_array_equal(out.images, outs[0].images)
+    np.testing.assert_allclose(outs[0].images, alone(pipe, same[0]).images, atol=1e-5)
