@@ -28,10 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_CONCURRENCY = 64  # the app's queue holds 64 requests
 sys.path.insert(0, str(ROOT))
+FILES = httpx.Client(timeout=60)  # one connection pool for every image fetched
 
 
 def rss_mib(pid):
@@ -47,10 +50,16 @@ def percentile(values, q):
 
 
 def timed_request(client, request):
+    """Seconds from submit until the samples and the branch panel are received, fetched as a browser fetches them
+    (one GET per image; gradio_client's own download machinery, on this same machine, costs several times the
+    server's work)."""
     start = time.perf_counter()
-    samples = client.predict(**request, api_name="/generate")[0]
-    if len(samples) != len(request["classes"]) * request["images_per_class"]:
-        raise RuntimeError(f"expected {len(request['classes'])} images, got {len(samples)}")
+    samples, panel = client.predict(**request, api_name="/generate")[:2]
+    images = len(request["classes"]) * request["images_per_class"]
+    if len(samples) != images:
+        raise RuntimeError(f"expected {images} images, got {len(samples)}")
+    for item in samples + panel:
+        FILES.get(item["image"]["url"]).raise_for_status()
     return time.perf_counter() - start
 
 
@@ -82,7 +91,7 @@ def chosen_request(args):
 def load_test(url, pid, args):
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=False)
     request = chosen_request(args)
     images = len(request["classes"]) * request["images_per_class"]
     print(f"app {url} (pid {pid}); each request: {json.dumps(request)}")
