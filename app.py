@@ -6,6 +6,7 @@ the device. The main action is also the API endpoint `/generate` (gradio_client)
 """
 
 import hashlib
+import inspect
 import io
 import os
 import random
@@ -16,6 +17,7 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from dimr import demo
+from dimr.batching import GPU_SECONDS_MAX, gpu_seconds
 from dimr.loading import MODELS
 from dimr.pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS
 
@@ -26,7 +28,18 @@ except ImportError:
 
 
 def on_gpu(fn):
-    return spaces.GPU(duration=120)(fn) if spaces is not None else fn
+    """Under ZeroGPU, ask for as much GPU time as the request's size needs (dimr.batching.gpu_seconds)."""
+    if spaces is None:
+        return fn
+    signature = inspect.signature(fn)
+
+    def duration(*args, **kwargs):
+        call = signature.bind(*args, **kwargs).arguments  # compare() samples two tiny models in turn
+        runs = 1 if "model" in call else 2
+        return min(GPU_SECONDS_MAX, runs * gpu_seconds(call.get("model", demo.TINY_DIMR), call["classes"],
+                                                       call["images_per_class"], call["num_inference_steps"]))
+
+    return spaces.GPU(duration=duration)(fn)
 
 
 INTRO = """
@@ -265,4 +278,6 @@ app = build()
 if __name__ == "__main__":
     if spaces is not None:
         demo.load(demo.default_model())  # ZeroGPU: weights are placed on the GPU at start-up, outside requests
+    else:
+        demo.warm_up(demo.default_model())  # in the background: the app answers meanwhile
     app.queue(max_size=64).launch(theme=THEME, css=CSS, show_error=True)

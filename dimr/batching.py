@@ -18,6 +18,8 @@ Background tasks (`batcher.background(fn)`, e.g. warming up compiled shapes at s
 request waits, one at a time, so a request waits for at most one of them.
 """
 
+import contextlib
+import functools
 import logging
 import os
 import threading
@@ -26,6 +28,7 @@ import time
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .acceleration import FastNetwork
 from .pipeline import BranchTrace, DiMRPipelineOutput
 
 logger = logging.getLogger(__name__)
@@ -191,13 +194,8 @@ class Batcher:
                 pipeline._interrupt = True
             return {}
 
-        # Small pixel-space models on a CPU sample with one thread: their operations are too small to split, and
-        # on a busy CPU a thread pool waits for its other threads at every operation (on a 2-core machine shared
-        # with other work: 0.33 s with one thread, 11-24 s with two, for 2 images x 10 steps).
-        torch.set_num_threads(1 if dev.type == "cpu" and pipe.is_pixel_space else CPU_THREADS)
         try:
-            # bf16 autocast on GPUs (whatever the weights' dtype); the pipeline decodes the VAE outside autocast.
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            with sampling_context(pipe):
                 began = time.perf_counter()
                 out = pipe([c for r in distinct for c in r.labels], guidance_scale=guidance,
                            guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
@@ -209,10 +207,57 @@ class Batcher:
             for job in jobs:
                 job._finish(err)
             return
-        finally:
-            torch.set_num_threads(CPU_THREADS)
         for job, (a, b) in zip(jobs, spans):
             job._finish((part_of(out, a, b), seconds))
+
+    def warm_up(self, load):
+        """In the background: load = a function returning the pipeline to serve; it is called (so the weights load
+        before the first request), and if its network is compiled (dimr.acceleration's "fast" mode) every input
+        shape a run can give it is run once (`warm_up_batches`), so that no request waits for compilation."""
+        def start():
+            pipe = load()
+            if isinstance(pipe.model.__dict__.get("forward_branches"), FastNetwork):
+                for images, guidance in warm_up_batches():
+                    self.background(functools.partial(run_shape, load, images, guidance))
+
+        self.background(start)
+
+
+@contextlib.contextmanager
+def sampling_context(pipe):
+    """How every run samples: bf16 autocast on GPUs, the CPU threads that suit the model."""
+    dev = pipe.device
+    # Small pixel-space models on a CPU sample with one thread: their operations are too small to split, and
+    # on a busy CPU a thread pool waits for its other threads at every operation (on a 2-core machine shared
+    # with other work: 0.33 s with one thread, 11-24 s with two, for 2 images x 10 steps).
+    torch.set_num_threads(1 if dev.type == "cpu" and pipe.is_pixel_space else CPU_THREADS)
+    try:
+        # bf16 autocast on GPUs (whatever the weights' dtype); the pipeline decodes the VAE outside autocast.
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            yield
+    finally:
+        torch.set_num_threads(CPU_THREADS)
+
+
+def warm_up_batches():
+    """(images, guided) for every network input a run can make: 2 x images samples with guidance, images without,
+    for 1..RUN_IMAGES images; the demo's usual sizes first (4 showcase classes, 1 image), each network batch once."""
+    usual = [4, 1, 2, 8, 16]
+    seen, batches = set(), []
+    for guided in (True, False):
+        for images in usual + [n for n in range(1, RUN_IMAGES + 1) if n not in usual]:
+            if images * (2 if guided else 1) not in seen:
+                seen.add(images * (2 if guided else 1))
+                batches.append((images, guided))
+    return batches
+
+
+def run_shape(load, images, guided):
+    """One sampling step of `images` samples (with or without guidance), as a run makes it, output not decoded."""
+    pipe = load()
+    pipe.set_progress_bar_config(disable=True)
+    with sampling_context(pipe):
+        pipe([0] * images, guidance_scale=2.0 if guided else 1.0, num_inference_steps=1, output_type="latent")
 
 
 def part_of(out, start, stop):
@@ -223,3 +268,30 @@ def part_of(out, start, stop):
                        x0_pred=[x[:, start:stop] for x in trace.x0_pred], image_steps=trace.image_steps,
                        images=[[images[start:stop] for images in step] for step in trace.images])
     return DiMRPipelineOutput(images=out.images[start:stop], branches=part)
+
+
+# ZeroGPU grants a request's GPU for a `duration` chosen before it runs (a shorter one queues sooner). Seconds per
+# image and step of the network in bf16 with guidance on an H200 (benchmarks/results/nvidia-h200.json: 9.33 images/s
+# at 50 steps in "fast" mode, and "bf16" runs at about 60% of that), and per 256x256 VAE decode (the issue's
+# 16-image request: 4.5 s for 976 decodes); the released models have 3 branches, whose panel decodes 20 steps at most.
+SECONDS_PER_IMAGE_STEP = {"DiMR-XL/2R": 0.0036, "DiMR-G/2R": 0.0075}
+SECONDS_PER_DECODE = 0.005
+GPU_SECONDS_FIXED = 10  # attaching the GPU, moving the weights there
+GPU_SECONDS_MARGIN = 2
+GPU_SECONDS_MAX = 120
+
+
+def gpu_seconds(model, classes, images_per_class, num_inference_steps, max_images=16, max_steps=250):
+    """The GPU time to ask ZeroGPU for one request, from its raw (unchecked) arguments; a value the request's checks
+    will reject counts as the largest allowed, so the estimate never raises."""
+    def bounded(value, high):
+        return min(max(int(value), 1), high) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else high
+
+    images = bounded(len(classes) if isinstance(classes, (list, tuple)) else 1, max_images) * \
+        bounded(images_per_class, max_images)
+    images, steps = min(images, max_images), bounded(num_inference_steps, max_steps)
+    per_step = SECONDS_PER_IMAGE_STEP.get(model, max(SECONDS_PER_IMAGE_STEP.values()))
+    decodes = images * (3 * min(steps, 20) + 1)
+    work = images * steps * per_step + decodes * SECONDS_PER_DECODE
+    return min(GPU_SECONDS_MAX, round(GPU_SECONDS_FIXED + GPU_SECONDS_MARGIN * work))

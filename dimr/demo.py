@@ -52,10 +52,11 @@ def device():
 
 
 def acceleration_mode():
-    """DIMR_ACCELERATION (none, bf16 or fast; see dimr.acceleration), else the fastest mode for the device:
-    "fast" on GPUs (the first request of each batch shape waits for compilation; DIMR_ACCELERATION=bf16
-    avoids that wait at about 60% of the speed), float32 on CPUs."""
-    return os.environ.get("DIMR_ACCELERATION") or default_mode(device())
+    """DIMR_ACCELERATION (none, bf16 or fast; see dimr.acceleration), else the fastest mode for the platform:
+    "fast" on GPUs (`warm_up` compiles every batch shape at start-up), "bf16" under ZeroGPU (a GPU lent per
+    request: compilation would be paid inside visitors' requests), float32 on CPUs."""
+    zero_gpu = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+    return os.environ.get("DIMR_ACCELERATION") or ("bf16" if zero_gpu else default_mode(device()))
 
 
 def model_choices():
@@ -274,6 +275,12 @@ def stream(request, stop=None):
 
 
 _BATCHER = Batcher(load=lambda request: load(request.model, request.sampler), branch_steps=panel_steps)
+
+
+def warm_up(model_name):
+    """Load a model and compile its batch shapes in the background (dimr.batching.Batcher.warm_up); requests
+    that arrive meanwhile go first."""
+    _BATCHER.warm_up(lambda: load(model_name))
 
 
 def _generation(pipe, request, out, seconds):

@@ -135,3 +135,49 @@ def test_equal_requests_are_sampled_once_and_each_gets_the_images(pipe, monkeypa
     for out in outs[1:3]:
         np.testing.assert_array_equal(out.images, outs[0].images)
     np.testing.assert_allclose(outs[0].images, alone(pipe, same[0]).images, atol=1e-5)
+
+
+def test_warm_up_loads_and_runs_every_network_batch_a_run_can_make_once():
+    from dimr.acceleration import make_fast
+
+    pipe = DiMRPipeline(make_fast(tiny_pixel_model(), compile=False))
+    network = pipe.model.forward_branches
+    loads = []
+    batcher = batching.Batcher(load=None, branch_steps=None)
+    batcher.warm_up(lambda: loads.append(1) or pipe)
+    images = range(1, batching.RUN_IMAGES + 1)
+    sizes = {*images, *(2 * n for n in images)}
+    for _ in range(600):
+        if {key[0][0] for key in network.seen} == sizes:
+            break
+        threading.Event().wait(0.1)
+    assert {key[0][0] for key in network.seen} == sizes, "with guidance 2 x 1..16 samples, without 1..16"
+    assert len(batching.warm_up_batches()) == len(sizes)
+
+
+def test_a_pipeline_that_is_not_compiled_is_only_loaded(pipe):
+    loaded = threading.Event()
+    batching.Batcher(load=None, branch_steps=None).warm_up(lambda: loaded.set() or pipe)
+    assert loaded.wait(30)
+
+
+@pytest.mark.parametrize("model, classes, per_class, steps, expected", [
+    ("DiMR-XL/2R", [1, 2, 3, 4], 1, 25, 13),       # the demo's default request
+    ("DiMR-XL/2R", [1, 2, 3, 4], 4, 250, 49),      # the largest request
+    ("DiMR-G/2R", [1, 2, 3, 4], 4, 250, 80),
+    ("DiMR-G/2R", "not a list", "x", None, 80),    # raw values the checks will reject: the largest estimate
+    ("DiMR-G/2R", [1] * 40, 99, 10**6, 80),
+])
+def test_zero_gpu_duration_grows_with_the_request_and_never_fails(model, classes, per_class, steps, expected):
+    assert batching.gpu_seconds(model, classes, per_class, steps) == expected
+
+
+def test_zero_gpu_samples_in_bf16_without_compilation(monkeypatch):
+    from dimr import demo
+
+    monkeypatch.delenv("DIMR_ACCELERATION", raising=False)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert demo.acceleration_mode() == "bf16"
+    monkeypatch.setenv("SPACES_ZERO_GPU", "")
+    monkeypatch.setenv("DIMR_DEVICE", "cuda")
+    assert demo.acceleration_mode() == "fast"
