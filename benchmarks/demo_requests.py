@@ -131,6 +131,8 @@ def main():
                         help="images per request, in order (default: 1 4 4 1 16 16)")
     parser.add_argument("--warm-up", action="store_true", help="run the app's start-up warm-up first")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--keep-model", type=Path,
+                        help="save the random model directory here and keep it (e.g. for load_app.py)")
     args = parser.parse_args()
     for images in args.images:
         if not 1 <= images <= 16:
@@ -138,8 +140,9 @@ def main():
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "model"
-        save_random_model(args.variant, model_dir, device)
+        model_dir = args.keep_model or Path(tmp) / "model"
+        if not (model_dir / "config.json").is_file():
+            save_random_model(args.variant, model_dir, device)
         rows = run_sequence(model_dir, f"{args.variant} (random weights)", args.images, args.steps, device,
                             args.warm_up)
     print(table(rows, device_name))

@@ -5,6 +5,7 @@ its four showcase classes, one image each, its default guidance, 25 steps of the
     python benchmarks/load_app.py                  # starts app.py on a free loopback port, stops it at the end
     python benchmarks/load_app.py --url http://127.0.0.1:7860/ --pid PID    # an app you started (loopback only)
     python benchmarks/load_app.py --classes ring star --steps 10 --sampler dpm++2m --guidance 1.4  # another request
+    DIMR_MODEL=DIR python benchmarks/load_app.py --model DIR --vary-seed --concurrency 16   # a saved model directory
 
 Prints the request it sends (as JSON), then, in one run (when it starts the app: also how long `python app.py`
 took to answer HTTP):
@@ -82,7 +83,7 @@ def default_request(model="tiny-dimr"):
 
 
 def chosen_request(args):
-    request = default_request()
+    request = default_request(args.model)
     chosen = dict(classes=args.classes, num_inference_steps=args.steps, sampler=args.sampler,
                   guidance_scale=args.guidance, images_per_class=args.images_per_class)
     return {**request, **{k: v for k, v in chosen.items() if v is not None}}
@@ -123,10 +124,12 @@ def main():
     parser.add_argument("--pid", type=int, help="the running app's process id (for its memory); needed with --url")
     parser.add_argument("--concurrency", type=int, default=20, help="requests in flight at once (default 20)")
     parser.add_argument("--requests", type=int, default=100, help="requests for the memory check (default 100)")
+    parser.add_argument("--model", default="tiny-dimr",
+                        help="a model the app offers (a directory must also be the app's DIMR_MODEL)")
     parser.add_argument("--steps", type=int, help="sampling steps per request (default: the demo's)")
-    parser.add_argument("--classes", nargs="+", help="shape classes per request (default: the demo's)")
+    parser.add_argument("--classes", nargs="+", help="classes per request (default: the model's showcase classes)")
     parser.add_argument("--images-per-class", type=int, help="images per class (default 1)")
-    parser.add_argument("--guidance", type=float, help="guidance scale (default: the demo's for tiny-dimr)")
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: the demo's for the model)")
     parser.add_argument("--sampler", help="sampler name (default: the demo's)")
     parser.add_argument("--vary-seed", action="store_true",
                         help="give the burst's requests seeds 0, 1, ... (equal requests are sampled only once)")
