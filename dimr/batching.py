@@ -3,7 +3,7 @@
     batcher = Batcher(load=lambda request: pipeline, branch_steps=lambda pipe, steps: [step indices])
     job = batcher.submit(request)                 # a dimr.demo.Request; returns at once
     while not job.finished.wait(0.4):
-        preview = job.take_preview()              # (0-based step, this request's clean estimate [B, C, H, W]) or None
+        preview = job.take_preview()              # (0-based step, this request's clean estimate [B, H, W, 3]) or None
     out, seconds = job.result()                   # this request's own DiMRPipelineOutput (np images, branch trace)
 
 One worker thread samples. When the device is free it takes the oldest waiting request and every other waiting
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 # busy 2-core machine sampled 44 image-steps/s at batch 4, 36 at 16 and 24 at 64 (activations outgrow the cache).
 RUN_IMAGES = 16
 CPU_THREADS = torch.get_num_threads()
+_PREVIEW_DECODE = threading.Lock()
 
 
 def share_key(request):
@@ -67,9 +68,15 @@ class Job:
         return len(self.request.labels)
 
     def take_preview(self):
-        """The newest (0-based step, clean estimate [B, C, H, W]) since the last call, or None."""
+        """The newest (0-based step, clean estimate decoded: [B, H, W, 3] in 0..1) since the last call, or None.
+
+        Decoded here, on the requester's thread, one requester at a time: many requesters decoding at once would
+        each hold a VAE batch's activations on the GPU."""
         preview, self._preview = self._preview, None
-        return preview
+        if preview is None:
+            return None
+        with _PREVIEW_DECODE:
+            return preview[0], self.pipe.decode(preview[1], "np")
 
     def result(self):
         """(DiMRPipelineOutput of this request, seconds of its run); raises the run's error or Stopped."""

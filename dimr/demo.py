@@ -267,7 +267,7 @@ def stream(request, stop=None):
         while not job.finished.wait(PREVIEW_INTERVAL_S):
             item = job.take_preview()
             if item is not None:
-                yield Progress(item[0] + 1, request.num_inference_steps, _to_uint8(job.pipe.decode(item[1], "np")))
+                yield Progress(item[0] + 1, request.num_inference_steps, _to_uint8(item[1]))
     finally:
         stop.set()
     out, seconds = job.result()

@@ -72,7 +72,7 @@ def test_waiting_requests_share_one_run_and_each_gets_its_images_alone(pipe):
             torch.testing.assert_close(out.branches.x0_pred[l], expected.branches.x0_pred[l], atol=1e-4, rtol=1e-4)
             np.testing.assert_allclose(out.branches.images[-1][l], expected.branches.images[-1][l], atol=1e-5)
         step, preview = job.take_preview()
-        assert step == STEPS - 1 and preview.shape == (len(r.labels), 3, 16, 16)
+        assert step == STEPS - 1 and preview.shape == (len(r.labels), 16, 16, 3)
 
 
 def test_requests_share_only_with_the_same_settings_and_up_to_the_run_capacity(pipe, monkeypatch):
