@@ -142,17 +142,18 @@ class Batcher:
                 except Exception:  # noqa: BLE001 - a failed background task must not end the worker
                     logger.exception("background task %r failed", task)
                 continue
+            jobs = [first]
             try:
                 pipe = self._load(first.request)
-            except BaseException as err:  # noqa: BLE001 - handed to the requester, who re-raises it
                 with self._changed:
-                    self._waiting.remove(first)
-                first._finish(err)
-                continue
-            with self._changed:
-                jobs = self._take_run(first, RUN_IMAGES)
-            if jobs:
+                    jobs = self._take_run(first, RUN_IMAGES)
                 self._run(pipe, jobs)
+            except BaseException as err:  # noqa: BLE001 - handed to the requesters, who re-raise it
+                with self._changed:
+                    if first in self._waiting:
+                        self._waiting.remove(first)
+                for job in jobs:
+                    job._finish(err)
 
     def _take_run(self, first, capacity):
         """Remove from the queue and return the oldest waiting jobs that can share a run with `first`."""
@@ -201,19 +202,14 @@ class Batcher:
                 pipeline._interrupt = True
             return {}
 
-        try:
-            with sampling_context(pipe):
-                began = time.perf_counter()
-                out = pipe([c for r in distinct for c in r.labels], guidance_scale=guidance,
-                           guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
-                           num_inference_steps=steps, latents=latents, output_type="np", return_branches=True,
-                           branch_steps=self._branch_steps(pipe, steps), callback_on_step_end=on_step,
-                           callback_on_step_end_tensor_inputs=["branch_x0_pred"])
-                seconds = time.perf_counter() - began
-        except BaseException as err:  # noqa: BLE001 - handed to every requester of the run
-            for job in jobs:
-                job._finish(err)
-            return
+        with sampling_context(pipe):
+            began = time.perf_counter()
+            out = pipe([c for r in distinct for c in r.labels], guidance_scale=guidance,
+                       guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
+                       num_inference_steps=steps, latents=latents, output_type="np", return_branches=True,
+                       branch_steps=self._branch_steps(pipe, steps), callback_on_step_end=on_step,
+                       callback_on_step_end_tensor_inputs=["branch_x0_pred"])
+            seconds = time.perf_counter() - began
         for job, (a, b) in zip(jobs, spans):
             job._finish((part_of(out, a, b), seconds))
 

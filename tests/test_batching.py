@@ -181,3 +181,12 @@ def test_zero_gpu_samples_in_bf16_without_compilation(monkeypatch):
     monkeypatch.setenv("SPACES_ZERO_GPU", "")
     monkeypatch.setenv("DIMR_DEVICE", "cuda")
     assert demo.acceleration_mode() == "fast"
+
+
+def test_a_failed_run_reaches_all_its_requesters_and_the_worker_goes_on(pipe):
+    recorder = Recorder(pipe)
+    jobs = recorder.submit_together([request([0], guidance_scale=float("nan")), request([1])])
+    for job in jobs:
+        with pytest.raises(ValueError, match="finite number"):
+            job.result()
+    assert recorder.batcher.submit(request([1])).result()[0].images.shape == (1, 16, 16, 3)
