@@ -11,7 +11,7 @@ DIMR_MODEL in the device's default acceleration mode ("fast" on CUDA). Each row:
 first (the first request of that many images since start), peak_allocated_gib (CUDA: torch's peak allocated
 memory during the request) and peak_rss_gib (CPU: the process's peak resident memory during the request). --out
 writes the rows as JSON (no machine paths). --warm-up first runs what the app's start-up warm-up runs and prints
-how long it took.
+how long it took. --vae-peak instead measures how the SD VAE decoder's peak memory grows with its batch.
 """
 
 import argparse
@@ -112,12 +112,34 @@ def run_sequence(model_dir, label, sequence, steps, device, warm_up):
     return rows
 
 
+def vae_decode_peaks(device, batches=(1, 2, 4)):
+    """Peak memory above the start of one sd-vae-ft-ema-shaped decoder call (random weights) per batch of 256x256
+    images, in the VAE dtype the device's default mode uses (float32 on CPU, bf16 on CUDA)."""
+    from diffusers import AutoencoderKL
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    vae = AutoencoderKL(**SD_VAE_CONFIG).to(device, dtype).eval()
+    with torch.inference_mode():
+        vae.decode(torch.randn(1, 4, 32, 32, device=device, dtype=dtype))
+        for batch in batches:
+            latents = torch.randn(batch, 4, 32, 32, device=device, dtype=dtype)
+            with PeakMemory(device) as start:
+                pass
+            with PeakMemory(device) as peak:
+                vae.decode(latents)
+            before, after = (start.allocated_gib, peak.allocated_gib) if device.type == "cuda" else \
+                (start.rss_gib, peak.rss_gib)
+            print(f"VAE decode of {batch} image(s) at 256x256 ({dtype}): peak {after - before:.2f} GiB above the "
+                  f"start", flush=True)
+
+
 def table(rows, device_name):
     lines = [f"device: {device_name}", "| model | images | steps | wall_s | first of its size | peak allocated GiB "
              "| peak RSS GiB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['images']} | {r['steps']} | {r['wall_s']:.2f} | {'yes' if r['first'] else ''}"
-                     f" | {r['peak_allocated_gib'] or ''} | {r['peak_rss_gib'] or ''} |")
+        first = "yes" if r["first"] else ""
+        lines.append(f"| {r['model']} | {r['images']} | {r['steps']} | {r['wall_s']:.2f} | {first} "
+                     f"| {r['peak_allocated_gib'] or ''} | {r['peak_rss_gib'] or ''} |")
     return "\n".join(lines)
 
 
@@ -131,6 +153,8 @@ def main():
                         help="images per request, in order (default: 1 4 4 1 16 16)")
     parser.add_argument("--warm-up", action="store_true", help="run the app's start-up warm-up first")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--vae-peak", action="store_true",
+                        help="only measure the SD VAE decoder's peak memory for 1, 2 and 4 images, then exit")
     parser.add_argument("--keep-model", type=Path,
                         help="save the random model directory here and keep it (e.g. for load_app.py)")
     args = parser.parse_args()
@@ -139,6 +163,9 @@ def main():
             parser.error(f"--images {images}: a demo request has 1..16 images")
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if args.vae_peak:
+        vae_decode_peaks(device)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.keep_model or Path(tmp) / "model"
         if not (model_dir / "config.json").is_file():
