@@ -220,8 +220,8 @@ class Batcher:
         def start():
             pipe = load()
             if isinstance(pipe.model.__dict__.get("forward_branches"), FastNetwork):
-                for images, guidance in warm_up_batches():
-                    self.background(functools.partial(run_shape, load, images, guidance))
+                for images, guided in warm_up_batches():
+                    self.background(functools.partial(run_shape, load, images, guided))
 
         self.background(start)
 
