@@ -6,6 +6,7 @@ the device. The main action is also the API endpoint `/generate` (gradio_client)
 """
 
 import hashlib
+import inspect
 import io
 import os
 import random
@@ -16,6 +17,7 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from dimr import demo, imagenet_compare
+from dimr.batching import GPU_SECONDS_MAX, gpu_seconds
 from dimr.loading import MODELS
 from dimr.pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS
 
@@ -26,7 +28,18 @@ except ImportError:
 
 
 def on_gpu(fn):
-    return spaces.GPU(duration=120)(fn) if spaces is not None else fn
+    """Under ZeroGPU, ask for as much GPU time as the request's size needs (dimr.batching.gpu_seconds)."""
+    if spaces is None:
+        return fn
+    signature = inspect.signature(fn)
+
+    def duration(*args, **kwargs):
+        call = signature.bind(*args, **kwargs).arguments  # compare() samples two tiny models in turn
+        runs = 1 if "model" in call else 2
+        return min(GPU_SECONDS_MAX, runs * gpu_seconds(call.get("model", demo.TINY_DIMR), call["classes"],
+                                                       call["images_per_class"], call["num_inference_steps"]))
+
+    return spaces.GPU(duration=duration)(fn)
 
 
 INTRO = """
@@ -54,6 +67,8 @@ CSS = """
 """
 THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"])
 APP_LIMITS = f"at most {demo.MAX_IMAGES} images and {demo.MAX_STEPS} steps per request"
+# Requests handed to dimr.demo at once; it samples those that wait together in shared runs (dimr.batching).
+CONCURRENT_REQUESTS = 32
 
 
 # The API's handlers (generate, compare) return plain values only, never gr.update / gr.skip / components for
@@ -319,10 +334,12 @@ def build():
         # (which value, what is allowed) instead of a generic component error.
         generated = generate_button.click(generate, [model_box, class_box, *settings],
                                           [gallery, panel, step_slider, status, generation], api_name="generate",
-                                          preprocess=False, concurrency_id="device", concurrency_limit=1)
+                                          preprocess=False, concurrency_id="device",
+                                          concurrency_limit=CONCURRENT_REQUESTS)
         generated.success(fit_panel, generation, [panel, step_slider, panel_note], api_visibility="private")
         compare_button.click(compare, [compare_classes, *settings], [dimr_gallery, baseline_gallery, compare_status],
-                             api_name="compare", preprocess=False, concurrency_id="device", concurrency_limit=1)
+                             api_name="compare", preprocess=False, concurrency_id="device",
+                             concurrency_limit=CONCURRENT_REQUESTS)
         step_slider.input(show_step, [generation, step_slider], [panel, panel_note], api_visibility="private",
                           trigger_mode="always_last", concurrency_limit=4)
         model_box.change(on_model_change, model_box, [class_box, model_info, guidance_scale],
@@ -339,4 +356,6 @@ app = build()
 if __name__ == "__main__":
     if spaces is not None:
         demo.load(demo.default_model())  # ZeroGPU: weights are placed on the GPU at start-up, outside requests
+    else:
+        demo.warm_up(demo.default_model())  # in the background: the app answers meanwhile
     app.queue(max_size=64).launch(theme=THEME, css=CSS, show_error=True)
