@@ -31,7 +31,18 @@ log = logging.getLogger("dimr.app")
 
 
 def on_gpu(fn):
-    return spaces.GPU(duration=120)(fn) if spaces is not None else fn
+    """Under ZeroGPU, ask for as much GPU time as the request's size needs (dimr.batching.gpu_seconds)."""
+    if spaces is None:
+        return fn
+    signature = inspect.signature(fn)
+
+    def duration(*args, **kwargs):
+        call = signature.bind(*args, **kwargs).arguments  # compare() samples two tiny models in turn
+        runs = 1 if "model" in call else 2
+        return min(demo.GPU_SECONDS_MAX, runs * demo.gpu_seconds(call.get("model", demo.TINY_DIMR), call["classes"],
+                                                       call["images_per_class"], call["num_inference_steps"]))
+
+    return spaces.GPU(duration=duration)(fn)
 
 
 def lab_rate(name):
@@ -95,6 +106,8 @@ CSS = """
 """
 THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"])
 APP_LIMITS = f"at most {demo.MAX_IMAGES} images and {demo.MAX_STEPS} steps per request"
+# Requests handed to dimr.demo at once; it samples those that wait together in shared runs (dimr.batching).
+CONCURRENT_REQUESTS = 32
 
 
 # The API's handlers (generate, compare) return plain values only, never gr.update / gr.skip / components for
@@ -452,14 +465,16 @@ def build():
         generated = generate_button.click(generate, inputs_for(generate, {**settings, "model": model_box,
                                                                           "classes": class_box}),
                                           [gallery, panel, step_slider, status, generation], api_name="generate",
-                                          preprocess=False, concurrency_id="device", concurrency_limit=1)
+                                          preprocess=False, concurrency_id="device",
+                                          concurrency_limit=CONCURRENT_REQUESTS)
         generated.success(fit_panel, [generation, panel_view], [panel, step_slider, panel_note, references],
                           api_visibility="private")
         generated.failure(last_refusal, None, status, api_visibility="private")
         compared = compare_button.click(compare, inputs_for(compare, {**settings, "classes": compare_classes,
                                                                       "images_per_class": compare_per_class}),
                                         [dimr_gallery, baseline_gallery, compare_status], api_name="compare",
-                                        preprocess=False, concurrency_id="device", concurrency_limit=1)
+                                        preprocess=False, concurrency_id="device",
+                                        concurrency_limit=CONCURRENT_REQUESTS)
         compared.success(fit_compare, compare_per_class, [dimr_gallery, baseline_gallery], api_visibility="private")
         compare_classes.change(compare_references, compare_classes, references_box, api_visibility="private")
         compared.failure(last_refusal, None, compare_status, api_visibility="private")
@@ -481,4 +496,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if spaces is not None:
         demo.load(demo.default_model())  # ZeroGPU: weights are placed on the GPU at start-up, outside requests
+    else:
+        demo.warm_up(demo.default_model())  # in the background: the app answers meanwhile
     app.queue(max_size=64).launch(theme=THEME, css=CSS, show_error=True)

@@ -18,8 +18,6 @@ and the demo's limits (how many images and steps one request may ask for).
 import functools
 import os
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +26,7 @@ from PIL import Image
 
 from . import defaults
 from .acceleration import accelerate_pipeline, default_mode, mode_dtype
+from .batching import GPU_SECONDS_MAX, Batcher, gpu_seconds  # the GPU seconds: for app.py's ZeroGPU requests
 from .classifier import load_classifier
 from .data.shapes import CLASS_NAMES, make_dataset
 from .distortion import judge, stored_result
@@ -53,10 +52,6 @@ DEFAULT_SAMPLER = DEFAULT_SCHEDULER
 ESTIMATES, CHANGES = "estimates", "changes"  # the branch panel's two views
 REFERENCE_SEED = 4  # real reference shapes: not the diffusion models' training data (seed 0)
 PREVIEW_INTERVAL_S = 0.4
-# One long-lived thread samples every request in turn: the device serves one at a time anyway, and a fresh
-# thread per request would leave each its own allocator arena (resident memory that grows with requests).
-_SAMPLING_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dimr-sampling")
-CPU_THREADS = torch.get_num_threads()
 
 
 def default_model():
@@ -70,10 +65,11 @@ def device():
 
 
 def acceleration_mode():
-    """DIMR_ACCELERATION (none, bf16 or fast; see dimr.acceleration), else the fastest mode for the device:
-    "fast" on GPUs (the first request of each batch shape waits for compilation; DIMR_ACCELERATION=bf16
-    avoids that wait at about 60% of the speed), float32 on CPUs."""
-    return os.environ.get("DIMR_ACCELERATION") or default_mode(device())
+    """DIMR_ACCELERATION (none, bf16 or fast; see dimr.acceleration), else the fastest mode for the platform:
+    "fast" on GPUs (`warm_up` compiles every batch shape at start-up), "bf16" under ZeroGPU (a GPU lent per
+    request: compilation would be paid inside visitors' requests), float32 on CPUs."""
+    zero_gpu = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+    return os.environ.get("DIMR_ACCELERATION") or ("bf16" if zero_gpu else default_mode(device()))
 
 
 def model_choices():
@@ -328,59 +324,31 @@ def stream(request, stop=None, latents=None):
     """Sample a request: yields Progress about every PREVIEW_INTERVAL_S, then the Generation.
 
     latents: the initial noise [B, C, H, W] instead of noise drawn from the request's seed (dimr.imagenet_compare
-    gives the same tensor to DiMR and DiT).
+    gives the same tensor to DiMR and DiT); such a request samples alone.
 
-    The pipeline runs in the sampling thread so that previews can be yielded while it samples. Setting the
-    `stop` event (or closing this generator, as Gradio does when the browser goes away) ends sampling after
-    the current step."""
-    pipe = load(request.model, request.sampler)
-    pipe.set_progress_bar_config(disable=True)
-    dev, steps = pipe.device, request.num_inference_steps
+    Requests waiting at the same time share sampling runs (dimr.batching); this one gets its own previews and
+    result. Setting the `stop` event (or closing this generator, as Gradio does when the browser goes away) ends
+    this request after the current step."""
     stop = stop or threading.Event()
-    finished = threading.Event()
-    latest, result = {}, {}
-
-    def on_step(pipeline, i, t, tensors):
-        latest["step"] = (i, tensors["branch_x0_pred"][-1])
-        if stop.is_set():
-            pipeline.stop()
-        return {}
-
-    def run():
-        # Small pixel-space models on a CPU sample with one thread: their operations are too small to split, and
-        # on a busy CPU a thread pool waits for its other threads at every operation (on this 2-core machine,
-        # shared with other work: 0.33 s with one thread, 11-24 s with two, for 2 images x 10 steps).
-        torch.set_num_threads(1 if dev.type == "cpu" and pipe.is_pixel_space else CPU_THREADS)
-        try:
-            # The precision is the acceleration mode's alone (the weights' dtype): no autocast here.
-            start = time.perf_counter()
-            out = pipe(request.labels, guidance_scale=request.guidance_scale,
-                       guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
-                       num_inference_steps=steps, generator=torch.Generator(dev).manual_seed(request.seed),
-                       latents=latents, output_type="np", return_branches=True,
-                       branch_steps=panel_steps(pipe, steps),
-                       callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["branch_x0_pred"])
-            result["out"], result["seconds"] = out, time.perf_counter() - start
-        except BaseException as err:  # re-raised in the caller's thread
-            result["error"] = err
-        finally:
-            torch.set_num_threads(CPU_THREADS)
-            finished.set()
-
-    done = _SAMPLING_THREAD.submit(run)
+    job = _BATCHER.submit(request, stop, latents)
     try:
-        while not finished.wait(PREVIEW_INTERVAL_S):
-            item = latest.pop("step", None)
+        while not job.finished.wait(PREVIEW_INTERVAL_S):
+            item = job.take_preview()
             if item is not None:
-                yield Progress(item[0] + 1, steps, _to_uint8(pipe.decode(item[1], "np")))
+                yield Progress(item[0] + 1, request.num_inference_steps, _to_uint8(item[1]))
     finally:
         stop.set()
-        done.result()
-    if "error" in result:
-        raise result["error"]
-    if len(result["out"].branches.timesteps) < steps:
-        raise RuntimeError("sampling was stopped before the last step")
-    yield _generation(pipe, request, result["out"], result["seconds"])
+    out, seconds = job.result()
+    yield _generation(job.pipe, request, out, seconds)
+
+
+_BATCHER = Batcher(load=lambda request: load(request.model, request.sampler), branch_steps=panel_steps)
+
+
+def warm_up(model_name):
+    """Load a model and compile its batch shapes in the background (dimr.batching.Batcher.warm_up); requests
+    that arrive meanwhile go first."""
+    _BATCHER.warm_up(lambda: load(model_name))
 
 
 def _generation(pipe, request, out, seconds):

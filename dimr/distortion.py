@@ -82,6 +82,7 @@ def generated_images(model, num_samples, num_inference_steps=25, guidance_scale=
     size = pipe.model.sample_size
     # All noise drawn up front on the CPU: the same samples whatever the batch size or device.
     noise = torch.randn(total_samples or num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    noise = noise[:num_samples]
     images = []
     for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling {model}", disable=not progress):
         out = pipe(labels[start : start + batch_size].tolist(), guidance_scale=guidance_scale,

@@ -7,8 +7,9 @@
     out.branches                   # a BranchTrace (below), None unless return_branches=True
 
 Guidance is `uncond + w (cond - uncond)` with the model's null class, cond and uncond in one batched forward
-(w == 1 at every step skips the uncond half). `guidance_schedule="constant"`: w = guidance_scale (the official
-U-ViT form `cond + 0.4 (cond - uncond)` is guidance_scale=1.4). `"power-cosine"`: the official decay
+(w == 1 at every step skips the uncond half). guidance_scale is one number, or a tensor [B] with one per sample
+(so that requests with different scales can share one run). `guidance_schedule="constant"`: w = guidance_scale
+(the official U-ViT form `cond + 0.4 (cond - uncond)` is guidance_scale=1.4). `"power-cosine"`: the official decay
 `w(n) = 1 + (s - 1) (1 - cos(pi (1 - n/1000)^p)) / 2`, n = k + 1 for timestep index k, s = guidance_scale,
 p = guidance_power: 1 at pure noise, s at the end.
 
@@ -23,8 +24,8 @@ B = batch, L = branches, lowest resolution first, branch l has scale f = trace.s
                  branch's noisy input x_t^f = sum-pool_f(x_t) / f, x0 = (x_t^f - sqrt(1 - abar) eps_f) / sqrt(abar) / f.
     image_steps  the step indices (into 0..S-1) that were decoded to images, in the order given
     images       images[j][l]: branch l at step image_steps[j], upsampled (nearest, so the blocks show the
-                 branch's resolution) to full size and decoded (VAE in one batched call, or directly for
-                 pixel-space models), in the pipeline's output_type: a list of B PIL images, an array
+                 branch's resolution) to full size and decoded (VAE in batches of `pipe.vae_batch_size`, or
+                 directly for pixel-space models), in the pipeline's output_type: a list of B PIL images, an array
                  [B, H, W, 3] in 0..1 ("np"), or a tensor [B, 3, H, W] in 0..1 ("pt"). Empty when output_type
                  is "latent"; `pipe.decode_branch_trace(trace, steps, output_type)` decodes any steps later.
 
@@ -89,6 +90,9 @@ DEFAULT_SCHEDULER = "dpm-solver-3s"
 GUIDANCE_SCHEDULES = ("constant", "power-cosine")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MAX_INFERENCE_STEPS = NUM_TRAIN_TIMESTEPS  # more steps than the training table has cannot be distinct
+# Images per VAE decoder call. Its activations grow with the batch, and the branch panel decodes hundreds of images
+# (16 images x 20 steps x 3 branches): in one call that needs tens of GiB; batches of 8 stay under 1 GiB.
+VAE_BATCH_SIZE = 8
 
 
 def make_scheduler(name=DEFAULT_SCHEDULER, **overrides):
@@ -116,6 +120,19 @@ def check_guidance(guidance_scale, guidance_schedule="constant", guidance_power=
         raise ValueError(f"guidance_scale={guidance_scale} is negative; use 0 (unconditional), 1 (no guidance) or more")
     if guidance_power <= 0:
         raise ValueError(f"guidance_power={guidance_power} must be positive")
+
+
+def per_sample_guidance(guidance_scale, batch):
+    """A guidance_scale tensor [batch] as a list of floats, each checked as a scalar one is; None for a scalar."""
+    if not isinstance(guidance_scale, torch.Tensor):
+        return None
+    if tuple(guidance_scale.shape) != (batch,):
+        raise ValueError(f"a guidance_scale tensor needs one value per sample, shape ({batch},); "
+                         f"got shape {tuple(guidance_scale.shape)}")
+    scales = guidance_scale.detach().cpu().double().tolist()
+    for scale in scales:
+        check_guidance(scale)
+    return scales
 
 
 def check_output_type(output_type):
@@ -161,6 +178,7 @@ class DiMRPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "model->vae"
+    vae_batch_size = VAE_BATCH_SIZE
     _callback_tensor_inputs = ["latents", "noise_pred", "branch_noise_pred", "branch_x0_pred"]
 
     def __init__(self, model, vae=None, scheduler=None):
@@ -196,7 +214,8 @@ class DiMRPipeline(DiffusionPipeline):
                      num_inference_steps=50, output_type="pil", latents=None, callback_on_step_end_tensor_inputs=()):
         """Validate a call's arguments (ValueError naming the bad value and what is allowed); returns class ids."""
         ids = self.resolve_class_labels(class_labels)
-        check_guidance(guidance_scale, guidance_schedule, guidance_power)
+        per_sample = per_sample_guidance(guidance_scale, len(ids))
+        check_guidance(1.0 if per_sample else guidance_scale, guidance_schedule, guidance_power)
         check_num_inference_steps(num_inference_steps)
         check_output_type(output_type)
         if output_type != "latent" and self.vae is None and not self.is_pixel_space:
@@ -238,9 +257,11 @@ class DiMRPipeline(DiffusionPipeline):
         timesteps = scheduler.timesteps.tolist()  # python numbers for scheduler.step; the model gets tensors
 
         # Everything the loop needs is computed here, so the loop itself never waits for the device.
-        weights = guidance_weights(timesteps, guidance_scale, guidance_schedule, guidance_power)
-        do_guidance = any(w != 1 for w in weights)
-        weight_t = torch.tensor(weights, device=device, dtype=torch.float32)
+        # [S, samples]: one column per sample for a per-sample guidance_scale, one column shared by all otherwise.
+        scales = per_sample_guidance(guidance_scale, len(ids)) or [guidance_scale]
+        weights = [guidance_weights(timesteps, s, guidance_schedule, guidance_power) for s in scales]
+        do_guidance = any(w != 1 for column in weights for w in column)
+        weight_t = torch.tensor(weights, device=device, dtype=torch.float32).T.reshape(len(timesteps), -1, 1, 1, 1)
         model_t = torch.tensor(timesteps, device=device, dtype=torch.float32)
         abar = torch.tensor(alpha_bar(scheduler, timesteps), device=device, dtype=torch.float32)
         labels = torch.tensor(ids, device=device)
@@ -312,17 +333,22 @@ class DiMRPipeline(DiffusionPipeline):
         self._interrupt = True
 
     def decode(self, latents, output_type="pil"):
-        """Latents (or pixel-space samples) [N, C, H, W] -> images per output_type, in one batched VAE decode."""
+        """Latents (or pixel-space samples) [N, C, H, W] -> images per output_type.
+
+        The VAE decodes `vae_batch_size` latents at a time (each image is decoded on its own, so batching does not
+        change it), and each batch leaves the device as soon as it is decoded when output_type is "pil" or "np"."""
         check_output_type(output_type)
         if output_type == "latent":
             return latents
         if self.vae is None:
             if not self.is_pixel_space:
                 raise ValueError("this pipeline has no VAE to decode latents; use output_type='latent'")
-            pixels = latents
-        else:
-            pixels = self._vae_decode(latents)
-        return self.image_processor.postprocess(pixels.float(), output_type=output_type)
+            return self.image_processor.postprocess(latents.float(), output_type=output_type)
+        parts = [self.image_processor.postprocess(self._vae_decode(part).float(), output_type=output_type)
+                 for part in latents.split(self.vae_batch_size)]
+        if output_type == "pil":
+            return [image for part in parts for image in part]
+        return np.concatenate(parts) if output_type == "np" else torch.cat(parts)
 
     @torch.inference_mode()
     def _vae_decode(self, latents):
@@ -342,7 +368,7 @@ class DiMRPipeline(DiffusionPipeline):
         if not steps:
             return []
         full = trace.x0_pred[-1].shape[-2:]
-        # [steps, branches, batch], every branch upsampled to full size: one decode for all of them.
+        # [steps, branches, batch], every branch upsampled to full size, decoded together (in VAE batches).
         upsampled = [F.interpolate(x0[steps].flatten(0, 1), size=full, mode="nearest").unflatten(0, (len(steps), -1))
                      for x0 in trace.x0_pred]
         images = self.decode(torch.stack(upsampled, dim=1).flatten(0, 2), output_type)

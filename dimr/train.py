@@ -28,10 +28,10 @@ back with weights_only=True). `--sync-dir` keeps several processes that share on
 models trained side by side stop after exactly the same number of steps on exactly the same batches.
 """
 
+import contextlib
 import copy
 import json
 import math
-import os
 import shutil
 import signal
 import threading
@@ -39,234 +39,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .config import NUM_TRAIN_TIMESTEPS, REPO_ROOT
-from .data.shapes import CLASS_NAMES, make_dataset, to_model_range, to_uint8
-from .grids import save_png, tile
+from .data.shapes import make_dataset, to_model_range
+from .grids import class_grid, save_png
 from .loading import CHECKPOINTS_DIR
-from .model import DiMRModel, count_parameters
+from .lockstep import Lockstep
+from .objective import diffusion_loss, scaled_linear_alphas_cumprod
+from .train_config import build_model, load_config, model_cost, prepare_config
 
-CONFIG_DIR = REPO_ROOT / "configs"
 RUNS_DIR = REPO_ROOT / "runs"
-
-TRAIN_DEFAULTS = {
-    "batch_size": 512,
-    "lr": 1e-3,
-    "weight_decay": 0.03,
-    "betas": [0.9, 0.99],
-    "warmup_steps": 500,
-    "decay_steps": 0,  # linear decay of the learning rate to 0 over the last decay_steps steps; 0: constant
-    "ema_decay": 0.999,
-    "label_dropout": 0.1,
-    "grad_clip": 1.0,
-    "max_steps": 100000,
-    "seed": 0,
-    "loss_coeffs": None,  # one per branch; default: 1/4 for every lower-resolution branch, 1 for the last
-    "min_snr_gamma": None,  # weight each sample's loss by min(SNR, gamma) / SNR (Hang et al. 2023); None: equal
-}
-DATA_DEFAULTS = {"num_images": 200000, "seed": 0}
-
-
-# ----------------------------------------------------------------------------------------------- configs
-
-
-def resolve_config_path(name_or_path):
-    """A config file path, or a config name under configs/ ("tiny-dimr")."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    named = CONFIG_DIR / f"{name_or_path}.json"
-    if named.is_file():
-        return named
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
-    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a name in {CONFIG_DIR} (known: {known})")
-
-
-def prepare_config(raw):
-    """Validate a training config dict and fill defaults, the classes and the null class.
-
-    The shapes dataset decides the classes: `model.num_classes` = number of shapes + 1 (null) and
-    `model.class_names` = the shape names, so a config cannot disagree with the data.
-    """
-    raw = copy.deepcopy(raw)
-    unknown = set(raw) - {"name", "description", "model", "data", "train"}
-    if unknown:
-        raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: name, description, model, data, train")
-    for section in ("name", "model"):
-        if section not in raw:
-            raise ValueError(f"training config lacks '{section}'")
-    model = dict(raw["model"])
-    if model.get("channels", 3) != 3:
-        raise ValueError(f"shapes models work in pixel space: model.channels must be 3, got {model['channels']}")
-    model["channels"] = 3
-    for field, value in (("num_classes", len(CLASS_NAMES) + 1), ("class_names", CLASS_NAMES)):
-        if field in model and model[field] != value:
-            raise ValueError(f"model.{field}={model[field]!r} disagrees with the shapes dataset ({value!r})")
-        model[field] = list(value) if isinstance(value, list) else value
-    data = {**DATA_DEFAULTS, **raw.get("data", {})}
-    train = {**TRAIN_DEFAULTS, **raw.get("train", {})}
-    for section, given, allowed in (("data", raw.get("data", {}), DATA_DEFAULTS), ("train", raw.get("train", {}), TRAIN_DEFAULTS)):
-        extra = set(given) - set(allowed)
-        if extra:
-            raise ValueError(f"unknown {section} fields {sorted(extra)}; allowed: {sorted(allowed)}")
-    num_branches = len(model["stage_configs"])
-    if train["loss_coeffs"] is None:
-        train["loss_coeffs"] = [0.25] * (num_branches - 1) + [1.0]
-    if len(train["loss_coeffs"]) != num_branches:
-        raise ValueError(f"train.loss_coeffs has {len(train['loss_coeffs'])} entries but the model has {num_branches} branches")
-    for field, minimum in (("batch_size", 1), ("max_steps", 1), ("warmup_steps", 0), ("decay_steps", 0)):
-        if not isinstance(train[field], int) or train[field] < minimum:
-            raise ValueError(f"train.{field} must be an integer >= {minimum}, got {train[field]!r}")
-    if train["decay_steps"] > train["max_steps"]:
-        raise ValueError(f"train.decay_steps ({train['decay_steps']}) cannot exceed train.max_steps ({train['max_steps']})")
-    if not train["lr"] > 0:
-        raise ValueError(f"train.lr must be positive, got {train['lr']!r}")
-    if not 0 <= train["label_dropout"] < 1:
-        raise ValueError(f"train.label_dropout must be in [0, 1), got {train['label_dropout']}")
-    if train["min_snr_gamma"] is not None and not train["min_snr_gamma"] > 0:
-        raise ValueError(f"train.min_snr_gamma must be positive (or null for no weighting), got {train['min_snr_gamma']!r}")
-    if not 0 <= train["ema_decay"] < 1:
-        raise ValueError(f"train.ema_decay must be in [0, 1), got {train['ema_decay']}")
-    return {"name": raw["name"], "description": raw.get("description", ""), "model": model, "data": data, "train": train}
-
-
-def load_config(name_or_path):
-    path = resolve_config_path(name_or_path)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    return prepare_config(raw)
-
-
-def build_model(config):
-    """A freshly initialised DiMRModel for a prepared training config."""
-    return DiMRModel(**config["model"])
-
-
-def model_cost(model_config):
-    """(parameters, forward FLOPs for one image) of a model config, counted on the meta device (no compute).
-
-    FLOPs are torch's FlopCounterMode count: 2 per multiply-add of matmuls, convolutions and attention.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model = DiMRModel(**model_config)
-        size = model.sample_size
-        sample = torch.zeros(1, model_config["channels"], size, size)
-        with FlopCounterMode(display=False) as counter:
-            model(sample, torch.tensor([500.0]), torch.tensor([0]))
-    return count_parameters(model), counter.get_total_flops()
-
-
-# ------------------------------------------------------------------------------------------ the objective
-
-
-def scaled_linear_alphas_cumprod():
-    """alphas_cumprod of the schedule DiMR trains and samples on (diffusers' DDPMScheduler, scaled linear)."""
-    from .pipeline import make_scheduler
-
-    return make_scheduler("ddim").alphas_cumprod.clone()
-
-
-def multiscale_targets(noise, scales):
-    """The noise at each branch's resolution: sum-pooled over f x f windows and divided by f (unit variance)."""
-    return [noise if f == 1 else F.avg_pool2d(noise, f) * f for f in scales]
-
-
-def snr_weights(abar, gamma):
-    """Min-SNR-gamma weights of epsilon-prediction losses: min(SNR, gamma) / SNR, SNR = abar / (1 - abar).
-
-    Low-noise steps (high SNR) are easy and numerous; capping their weight stops them from dominating the
-    gradient, which Hang et al. (2023) found speeds convergence about 3x."""
-    snr = abar / (1 - abar)
-    return snr.clamp(max=gamma) / snr
-
-
-def diffusion_loss(model, x0, labels, timesteps, noise, alphas_cumprod, loss_coeffs, min_snr_gamma=None):
-    """Multi-scale epsilon loss for clean images x0 in [-1, 1]; returns (total, [per-branch MSE]).
-
-    With min_snr_gamma, each sample's squared error is weighted by `snr_weights`; the per-branch MSEs returned
-    for logging stay unweighted, so runs with and without weighting are compared on the same scale."""
-    abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-    noisy = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-    predictions = model.forward_branches(noisy, timesteps, labels)
-    targets = multiscale_targets(noise, model.branch_scales)
-    errors = [(p.float() - t).square().mean(dim=(1, 2, 3)) for p, t in zip(predictions, targets)]
-    weights = torch.ones_like(errors[0]) if min_snr_gamma is None else snr_weights(abar.flatten(), min_snr_gamma)
-    total = sum(c * (w_err * weights).mean() for c, w_err in zip(loss_coeffs, errors))
-    return total, [e.mean() for e in errors]
-
-
-# ------------------------------------------------------------------------------------------- lockstep
-
-
-class Lockstep:
-    """Keeps processes that train side by side at the same step and stops them at the same step.
-
-    Every `every` steps each process writes its step to `<dir>/<name>.json` and waits while it is more than
-    `every` steps ahead of the slowest live peer. The first process whose time is up writes `stop.json`
-    with a step a little beyond every peer's, and every process stops exactly there. A peer that has
-    finished, or not reported for `stale_seconds` (crashed), no longer holds the others back.
-    """
-
-    def __init__(self, directory, name, every=20, stale_seconds=120):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.name, self.every, self.stale_seconds = name, every, stale_seconds
-
-    def _write(self, path, data):
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
-
-    def _read(self, path):
-        try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def _live_peer_steps(self):
-        steps = []
-        for path in self.dir.glob("*.json"):
-            if path.stem in (self.name, "stop"):
-                continue
-            info = self._read(path)
-            if info and not info["done"] and time.time() - info["time"] < self.stale_seconds:
-                steps.append(info["step"])
-        return steps
-
-    def stop_step(self):
-        info = self._read(self.dir / "stop.json")
-        return None if info is None else info["step"]
-
-    def sync(self, step, time_is_up):
-        """Report `step`; returns the agreed stop step once there is one, else None."""
-        self._write(self.dir / f"{self.name}.json", {"step": step, "done": False, "time": time.time()})
-        if time_is_up and self.stop_step() is None:
-            furthest = max([step, *self._live_peer_steps()])
-            stop = (furthest // self.every + 2) * self.every
-            try:
-                # O_EXCL: the first process to propose a stop step wins.
-                fd = os.open(self.dir / "stop.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"step": stop, "by": self.name}, f)
-            except FileExistsError:
-                pass
-        while True:
-            stop = self.stop_step()
-            peers = self._live_peer_steps()
-            if (stop is not None and step >= stop) or not peers or step <= min(peers) + self.every:
-                return stop
-            time.sleep(0.01)
-            self._write(self.dir / f"{self.name}.json", {"step": step, "done": False, "time": time.time()})
-
-    def finish(self, step):
-        self._write(self.dir / f"{self.name}.json", {"step": step, "done": True, "time": time.time()})
-
 
 # ---------------------------------------------------------------------------------------------- trainer
 
@@ -448,24 +231,59 @@ def device_name(device):
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-# ----------------------------------------------------------------------------------------- sample grids
-
-
-def class_grid(model, per_class=8, num_inference_steps=25, guidance_scale=1.5, seed=0, scale=2):
-    """One row per class, `per_class` samples each, from the DiMR pipeline; uint8 grid [3, H, W]."""
-    from .pipeline import DiMRPipeline, make_scheduler
-
-    pipe = DiMRPipeline(model=model, vae=None, scheduler=make_scheduler())
-    pipe.set_progress_bar_config(disable=True)
-    device = next(model.parameters()).device
-    labels = [k for k in range(model.null_class) for _ in range(per_class)]
-    generator = torch.Generator(device).manual_seed(seed)
-    images = pipe(labels, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                  generator=generator, output_type="pt").images
-    return tile(to_uint8(images.cpu() * 2 - 1), per_class, scale=scale)
-
-
 # --------------------------------------------------------------------------------------------- the loop
+
+
+def _log_record(trainer, losses, branch_losses, steps_per_s):
+    """One line of log.jsonl: the interval's mean losses (total and per branch), rate and time trained."""
+    mean = torch.stack(losses).mean().item()
+    if not math.isfinite(mean):
+        raise FloatingPointError(f"loss became {mean} at step {trainer.step}; lower train.lr in the config")
+    return {"step": trainer.step, "loss": round(mean, 5),
+            "branch_losses": [round(x, 5) for x in torch.stack(branch_losses).mean(0).tolist()],
+            "lr": trainer.lr_at(trainer.step - 1), "steps_per_s": round(steps_per_s, 3),
+            "images_per_s": round(steps_per_s * trainer.config["train"]["batch_size"], 1),
+            "train_minutes": round(trainer.train_seconds / 60, 3)}
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Within: SIGINT (Ctrl-C) and SIGTERM are recorded in the yielded list instead of stopping the process, so the
+    loop can stop after the current step with a checkpoint; a second signal interrupts at once."""
+    signalled = []
+
+    def on_signal(signum, frame):
+        if signalled:
+            raise KeyboardInterrupt
+        signalled.append(signal.Signals(signum).name)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield signalled
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _start(config, run_dir, device, compile, resume, init_from):
+    """The run's Trainer: resumed from its checkpoint, or started from an exported model, or fresh."""
+    trainer = Trainer(config, run_dir, device, compile=compile)
+    if resume and (trainer.checkpoint_dir / "state.json").is_file():
+        trainer.load_checkpoint()
+        print(f"resumed {run_dir} at step {trainer.step} ({trainer.train_seconds / 60:.1f} min trained so far)")
+    elif resume:
+        print(f"nothing to resume in {run_dir}; starting from scratch")
+    if init_from and trainer.step == 0:
+        # Continue a finished run whose resumable state was not kept (e.g. from another machine): weights
+        # and EMA start from its exported model; optimizer, warm-up and step count start afresh.
+        weights = load_file(Path(init_from) / "diffusion_pytorch_model.safetensors", device=str(trainer.device))
+        trainer.model.load_state_dict(weights)
+        trainer.ema.load_state_dict(weights)
+        trainer.init_from = str(init_from)
+        print(f"initialised {config['name']} from {init_from}")
+    return trainer
 
 
 def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resume=False, export_dir=None,
@@ -482,22 +300,7 @@ def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resum
         # The learning-rate schedule decays towards the run's last step.
         config = prepare_config({**config, "train": {**config["train"], "max_steps": max_steps}})
     max_steps = config["train"]["max_steps"]
-    trainer = Trainer(config, run_dir, device, compile=compile)
-    if resume and (trainer.checkpoint_dir / "state.json").is_file():
-        trainer.load_checkpoint()
-        print(f"resumed {run_dir} at step {trainer.step} ({trainer.train_seconds / 60:.1f} min trained so far)")
-    elif resume:
-        print(f"nothing to resume in {run_dir}; starting from scratch")
-    if init_from and trainer.step == 0:
-        # Continue a finished run whose resumable state was not kept (e.g. from another machine): weights
-        # and EMA start from its exported model; optimizer, warm-up and step count start afresh.
-        from safetensors.torch import load_file
-
-        weights = load_file(Path(init_from) / "diffusion_pytorch_model.safetensors", device=str(trainer.device))
-        trainer.model.load_state_dict(weights)
-        trainer.ema.load_state_dict(weights)
-        trainer.init_from = str(init_from)
-        print(f"initialised {config['name']} from {init_from}")
+    trainer = _start(config, run_dir, device, compile, resume, init_from)
     log_every = log_every or (100 if trainer.cuda else 10)
     lockstep = Lockstep(sync_dir, config["name"], every=log_every) if sync_dir else None
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -517,59 +320,41 @@ def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resum
 
     stopped_by = "max_steps"
     # Ctrl-C or SIGTERM (kill PID) stop cleanly after the current step, with a checkpoint; a second one at once.
-    signalled = []
-
-    def on_signal(signum, frame):
-        if signalled:
-            raise KeyboardInterrupt
-        signalled.append(signal.Signals(signum).name)
-
-    previous_handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        previous_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    while trainer.step < max_steps:
-        if signalled:
-            stopped_by = signalled[0]
-            break
-        if trainer.step % log_every == 0:
-            if lockstep:
-                stop = lockstep.sync(trainer.step, time_is_up())
-                if stop is not None and trainer.step >= stop:
-                    stopped_by = "time (shared stop step)"
-                    break
-            elif time_is_up():
-                stopped_by = "time"
+    with stop_signals() as signalled:
+        while trainer.step < max_steps:
+            if signalled:
+                stopped_by = signalled[0]
                 break
-        loss, per_branch = trainer.train_step()
-        losses.append(loss)
-        branch_losses.append(per_branch)
-        if trainer.step % log_every == 0 or trainer.step == max_steps:
-            now = time.monotonic()
-            mean = torch.stack(losses).mean().item()
-            if not math.isfinite(mean):
-                raise FloatingPointError(f"loss became {mean} at step {trainer.step}; lower train.lr in the config")
-            per_branch_mean = torch.stack(branch_losses).mean(0).tolist()
-            steps_per_s = (trainer.step - interval_step) / max(now - interval_start, 1e-9)
-            trainer.train_seconds = seconds_before + now - start
-            record = {"step": trainer.step, "loss": round(mean, 5), "branch_losses": [round(x, 5) for x in per_branch_mean],
-                      "lr": trainer.lr_at(trainer.step - 1), "steps_per_s": round(steps_per_s, 3),
-                      "images_per_s": round(steps_per_s * config["train"]["batch_size"], 1),
-                      "train_minutes": round(trainer.train_seconds / 60, 3)}
-            with open(run_dir / "log.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{mean:.4f}", it_s=f"{steps_per_s:.2f}")
-            bar.update(trainer.step - bar.n)
-            if now - last_checkpoint >= checkpoint_minutes * 60:
-                trainer.save_checkpoint()
-                last_checkpoint = now
-            if now - last_sample >= sample_minutes * 60:
-                save_png(class_grid(trainer.ema), run_dir / "samples" / f"step_{trainer.step:07d}.png")
-                last_sample = time.monotonic()
-            # Throughput counts training only, not checkpoints and sample grids.
-            losses, branch_losses, interval_start, interval_step = [], [], time.monotonic(), trainer.step
+            if trainer.step % log_every == 0:
+                if lockstep:
+                    stop = lockstep.sync(trainer.step, time_is_up())
+                    if stop is not None and trainer.step >= stop:
+                        stopped_by = "time (shared stop step)"
+                        break
+                elif time_is_up():
+                    stopped_by = "time"
+                    break
+            loss, per_branch = trainer.train_step()
+            losses.append(loss)
+            branch_losses.append(per_branch)
+            if trainer.step % log_every == 0 or trainer.step == max_steps:
+                now = time.monotonic()
+                trainer.train_seconds = seconds_before + now - start
+                steps_per_s = (trainer.step - interval_step) / max(now - interval_start, 1e-9)
+                record = _log_record(trainer, losses, branch_losses, steps_per_s)
+                with open(run_dir / "log.jsonl", "a") as log:
+                    log.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{record['loss']:.4f}", it_s=f"{steps_per_s:.2f}")
+                bar.update(trainer.step - bar.n)
+                if now - last_checkpoint >= checkpoint_minutes * 60:
+                    trainer.save_checkpoint()
+                    last_checkpoint = now
+                if now - last_sample >= sample_minutes * 60:
+                    save_png(class_grid(trainer.ema), run_dir / "samples" / f"step_{trainer.step:07d}.png")
+                    last_sample = time.monotonic()
+                # Throughput counts training only, not checkpoints and sample grids.
+                losses, branch_losses, interval_start, interval_step = [], [], time.monotonic(), trainer.step
     bar.close()
-    for sig, handler in previous_handlers.items():
-        signal.signal(sig, handler)
     if lockstep:
         lockstep.finish(trainer.step)
     trainer.train_seconds = seconds_before + time.monotonic() - start

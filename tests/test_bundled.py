@@ -25,7 +25,7 @@ def test_bundled_model_loads_by_name_and_samples_finite_images(name):
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_checkpoint_is_small_safetensors_with_its_training_record(name):
     files = {p.name: p.stat().st_size for p in (CHECKPOINTS_DIR / name).iterdir()}
-    assert set(files) == {"config.json", "diffusion_pytorch_model.safetensors", "training.json"}
+    assert set(files) == {"config.json", "diffusion_pytorch_model.safetensors", "training.json", "distortion.json"}
     assert sum(files.values()) < 20_000_000
     info = json.loads((CHECKPOINTS_DIR / name / "training.json").read_text())
     assert info["config"] == name and info["steps"] > 0
@@ -41,19 +41,34 @@ def test_tiny_dimr_has_three_branches_and_the_baseline_one():
     assert dimr.branch_scales == [4, 2, 1] and baseline.branch_scales == [1]
 
 
-def test_bundled_classifier_is_accurate_on_held_out_shapes():
+def test_bundled_judge_recognises_real_shapes_and_refuses_broken_ones():
     config = json.loads((CHECKPOINTS_DIR / "shapes-classifier" / "config.json").read_text())
-    assert config["validation_accuracy"] >= 0.99 and config["validation_images"] >= 5000
-    assert load_classifier().config["num_classes"] == len(CLASS_NAMES)
+    assert config["validation_images"] >= 5000
+    assert config["real_flagged"] <= 0.02 and config["corrupted_flagged"] >= 0.9
+    assert load_classifier().config["num_classes"] == len(CLASS_NAMES) + 1  # the shapes and "none"
 
 
-def test_tiny_dimr_draws_recognisable_shapes():
-    """The demo's promise: asked for a class, the bundled tiny DiMR draws that shape (judged by the classifier)."""
-    from dimr.distortion import distortion_rate, generated_images
+@pytest.mark.parametrize("name", BUNDLED)
+def test_stored_distortion_is_what_the_measure_gives_on_the_same_noise(name):
+    """The rates the app shows come from the measure: its first samples, redrawn, get the same verdicts."""
+    from dimr.distortion import generated_images, judge, stored_result
 
-    images, labels = generated_images("tiny-dimr", 20, num_inference_steps=25, guidance_scale=1.5, device="cpu",
+    stored = stored_result(CHECKPOINTS_DIR / name)
+    settings = stored["settings"]
+    images, labels = generated_images(name, 20, settings["steps"], settings["guidance"], settings["sampler"],
+                                      settings["seed"], total_samples=settings["samples"], device="cpu",
                                       progress=False)
-    result = distortion_rate(images, labels, load_classifier())
-    recognised_classes = [name for name, (flagged, total) in result["per_class"].items() if flagged < total]
-    assert result["flagged"] <= 10, result
-    assert len(recognised_classes) >= 8, result
+    flagged, _ = judge(images, labels)
+    expected = {i for i in stored["flagged_indices"] if i < 20}
+    # Batches of another size may round differently on a CPU: a borderline verdict may flip, not more.
+    assert len(set(flagged.nonzero().squeeze(1).tolist()) ^ expected) <= 1
+    assert stored["samples"] == settings["samples"] >= 500
+
+
+def test_tiny_dimr_misdraws_fewer_shapes_than_the_single_resolution_baseline():
+    """The lab's lesson, as measured and stored: same size, FLOPs, data and steps; fewer misdrawn samples."""
+    from dimr.distortion import stored_result
+
+    dimr, baseline = (stored_result(CHECKPOINTS_DIR / n) for n in BUNDLED)
+    assert dimr["settings"] == baseline["settings"]
+    assert dimr["ci95"][1] < baseline["ci95"][0], (dimr["rate"], baseline["rate"])

@@ -190,15 +190,22 @@ def test_branch_clean_estimate_is_the_avg_pooled_image_when_the_noise_is_the_tra
         torch.testing.assert_close(branch_x0(x_t, branch_eps, f, abar), F.avg_pool2d(x0, f))
 
 
-def test_branch_images_decode_with_a_vae_in_one_batched_call(two_branch):
-    vae = tiny_vae()
-    pipe = quiet(DiMRPipeline(two_branch.model(), vae=vae))
+def count_decodes(vae):
+    """Record the batch size of every vae.decode call."""
     decodes = []
     original = vae.decode
     vae.decode = lambda z, *a, **k: decodes.append(z.shape[0]) or original(z, *a, **k)
+    return decodes
+
+
+def test_branch_images_decode_with_a_vae_in_bounded_batches(two_branch):
+    vae = tiny_vae()
+    pipe = quiet(DiMRPipeline(two_branch.model(), vae=vae))
+    pipe.vae_batch_size = 5
+    decodes = count_decodes(vae)
     out = pipe([1, 5], num_inference_steps=5, return_branches=True, branch_steps=[0, -1, 2])
     trace = out.branches
-    assert decodes == [3 * 2 * 2, 2], "all branch images in one decode, then the final images"
+    assert decodes == [5, 5, 2, 2], "3 steps x 2 branches x 2 images in batches of at most 5, then the final images"
     assert trace.image_steps == [0, 4, 2]
     assert len(trace.images) == 3 and all(len(per_step) == 2 for per_step in trace.images)
     for per_step in trace.images:
@@ -208,6 +215,49 @@ def test_branch_images_decode_with_a_vae_in_one_batched_call(two_branch):
 
     later = pipe.decode_branch_trace(trace, steps=[4], output_type="np")
     assert later[0][1].shape == (2, 32, 32, 3) and np.isfinite(later[0][1]).all()
+
+
+@pytest.mark.parametrize("output_type", ["np", "pt", "pil"])
+def test_decoding_in_batches_gives_the_same_pixels_as_one_call(output_type):
+    vae = tiny_vae()
+    pipe = DiMRPipeline(tiny_pixel_model(), vae=vae)
+    latents = torch.randn(11, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    pipe.vae_batch_size = len(latents)
+    decodes = count_decodes(vae)
+    whole = pipe.decode(latents, output_type)
+    pipe.vae_batch_size = 4
+    batched = pipe.decode(latents, output_type)
+    assert decodes == [11, 4, 4, 3]
+    if output_type == "pil":
+        whole, batched = np.stack([np.asarray(im) for im in whole]), np.stack([np.asarray(im) for im in batched])
+        np.testing.assert_array_equal(batched, whole)
+    else:
+        expected = (11, 3, 32, 32) if output_type == "pt" else (11, 32, 32, 3)
+        assert type(batched) is type(whole) and batched.shape == whole.shape == expected
+        np.testing.assert_allclose(np.asarray(batched), np.asarray(whole), rtol=0, atol=1e-6)
+
+
+def test_per_sample_guidance_gives_each_sample_what_its_scale_gives_alone(two_branch):
+    pipe = quiet(DiMRPipeline(two_branch.model(), vae=None))
+    noise = torch.randn(3, *pipe.latent_shape, generator=torch.Generator().manual_seed(1))
+    scales = [1.0, 0.0, 2.5]
+    for schedule in ("constant", "power-cosine"):
+        together = pipe([1, 5, 2], guidance_scale=torch.tensor(scales), guidance_schedule=schedule,
+                        num_inference_steps=4, latents=noise, output_type="latent").images
+        for b, scale in enumerate(scales):
+            alone = pipe([[1, 5, 2][b]], guidance_scale=scale, guidance_schedule=schedule, num_inference_steps=4,
+                         latents=noise[b : b + 1], output_type="latent").images
+            torch.testing.assert_close(together[b : b + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scales, message", [
+    (torch.tensor([1.0, 2.0, 3.0]), r"one value per sample, shape \(2,\); got shape \(3,\)"),
+    (torch.tensor([1.0, -2.0]), "guidance_scale=-2.0 is negative"),
+    (torch.tensor([1.0, float("nan")]), "guidance_scale must be a finite number, got nan"),
+])
+def test_a_bad_per_sample_guidance_scale_is_a_clear_error(latent_pipe, scales, message):
+    with pytest.raises(ValueError, match=message):
+        latent_pipe([1, 2], guidance_scale=scales, num_inference_steps=2, output_type="latent")
 
 
 def test_a_branch_step_outside_the_run_is_a_clear_error():

@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 
 from dimr.data.shapes import CLASS_NAMES
 from dimr.model import DiMRModel
-from dimr.train import (Trainer, diffusion_loss, load_config, model_cost, multiscale_targets, prepare_config,
-                        scaled_linear_alphas_cumprod, snr_weights, train)
+from dimr.objective import diffusion_loss, multiscale_targets, scaled_linear_alphas_cumprod, snr_weights
+from dimr.train import Trainer, train
+from dimr.train_config import load_config, model_cost, prepare_config
 
 
 def tiny_config(**train_overrides):

@@ -1,0 +1,120 @@
+"""Training configs of the shapes models: the schema with its defaults and checks, loading by name, and cost."""
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from .config import REPO_ROOT
+from .data.shapes import CLASS_NAMES
+from .model import DiMRModel, count_parameters
+
+CONFIG_DIR = REPO_ROOT / "configs"
+
+TRAIN_DEFAULTS = {
+    "batch_size": 512,
+    "lr": 1e-3,
+    "weight_decay": 0.03,
+    "betas": [0.9, 0.99],
+    "warmup_steps": 500,
+    "decay_steps": 0,  # linear decay of the learning rate to 0 over the last decay_steps steps; 0: constant
+    "ema_decay": 0.999,
+    "label_dropout": 0.1,
+    "grad_clip": 1.0,
+    "max_steps": 100000,
+    "seed": 0,
+    "loss_coeffs": None,  # one per branch; default: 1/4 for every lower-resolution branch, 1 for the last
+    "min_snr_gamma": None,  # weight each sample's loss by min(SNR, gamma) / SNR (Hang et al. 2023); None: equal
+}
+DATA_DEFAULTS = {"num_images": 200000, "seed": 0}
+
+
+def resolve_config_path(name_or_path):
+    """A config file path, or a config name under configs/ ("tiny-dimr")."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    named = CONFIG_DIR / f"{name_or_path}.json"
+    if named.is_file():
+        return named
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a name in {CONFIG_DIR} (known: {known})")
+
+
+def prepare_config(raw):
+    """Validate a training config dict and fill defaults, the classes and the null class.
+
+    The shapes dataset decides the classes: `model.num_classes` = number of shapes + 1 (null) and
+    `model.class_names` = the shape names, so a config cannot disagree with the data.
+    """
+    raw = copy.deepcopy(raw)
+    unknown = set(raw) - {"name", "description", "model", "data", "train"}
+    if unknown:
+        raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: name, description, model, data, train")
+    for section in ("name", "model"):
+        if section not in raw:
+            raise ValueError(f"training config lacks '{section}'")
+    model = dict(raw["model"])
+    if model.get("channels", 3) != 3:
+        raise ValueError(f"shapes models work in pixel space: model.channels must be 3, got {model['channels']}")
+    model["channels"] = 3
+    for field, value in (("num_classes", len(CLASS_NAMES) + 1), ("class_names", CLASS_NAMES)):
+        if field in model and model[field] != value:
+            raise ValueError(f"model.{field}={model[field]!r} disagrees with the shapes dataset ({value!r})")
+        model[field] = list(value) if isinstance(value, list) else value
+    data = {**DATA_DEFAULTS, **raw.get("data", {})}
+    train = {**TRAIN_DEFAULTS, **raw.get("train", {})}
+    for section, given, allowed in (("data", raw.get("data", {}), DATA_DEFAULTS), ("train", raw.get("train", {}), TRAIN_DEFAULTS)):
+        extra = set(given) - set(allowed)
+        if extra:
+            raise ValueError(f"unknown {section} fields {sorted(extra)}; allowed: {sorted(allowed)}")
+    num_branches = len(model["stage_configs"])
+    if train["loss_coeffs"] is None:
+        train["loss_coeffs"] = [0.25] * (num_branches - 1) + [1.0]
+    if len(train["loss_coeffs"]) != num_branches:
+        raise ValueError(f"train.loss_coeffs has {len(train['loss_coeffs'])} entries but the model has {num_branches} branches")
+    for field, minimum in (("batch_size", 1), ("max_steps", 1), ("warmup_steps", 0), ("decay_steps", 0)):
+        if not isinstance(train[field], int) or train[field] < minimum:
+            raise ValueError(f"train.{field} must be an integer >= {minimum}, got {train[field]!r}")
+    if train["decay_steps"] > train["max_steps"]:
+        raise ValueError(f"train.decay_steps ({train['decay_steps']}) cannot exceed train.max_steps ({train['max_steps']})")
+    if not train["lr"] > 0:
+        raise ValueError(f"train.lr must be positive, got {train['lr']!r}")
+    if not 0 <= train["label_dropout"] < 1:
+        raise ValueError(f"train.label_dropout must be in [0, 1), got {train['label_dropout']}")
+    if train["min_snr_gamma"] is not None and not train["min_snr_gamma"] > 0:
+        raise ValueError(f"train.min_snr_gamma must be positive (or null for no weighting), got {train['min_snr_gamma']!r}")
+    if not 0 <= train["ema_decay"] < 1:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {train['ema_decay']}")
+    return {"name": raw["name"], "description": raw.get("description", ""), "model": model, "data": data, "train": train}
+
+
+def load_config(name_or_path):
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    return prepare_config(raw)
+
+
+def build_model(config):
+    """A freshly initialised DiMRModel for a prepared training config."""
+    return DiMRModel(**config["model"])
+
+
+def model_cost(model_config):
+    """(parameters, forward FLOPs for one image) of a model config, counted on the meta device (no compute).
+
+    FLOPs are torch's FlopCounterMode count: 2 per multiply-add of matmuls, convolutions and attention.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = DiMRModel(**model_config)
+        size = model.sample_size
+        sample = torch.zeros(1, model_config["channels"], size, size)
+        with FlopCounterMode(display=False) as counter:
+            model(sample, torch.tensor([500.0]), torch.tensor([0]))
+    return count_parameters(model), counter.get_total_flops()

@@ -1,0 +1,192 @@
+"""dimr.batching: requests waiting together share one sampling run and each gets what it would get alone."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from dimr import DiMRPipeline, batching
+from dimr.demo import Request
+from test_pipeline import tiny_pixel_model
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = DiMRPipeline(tiny_pixel_model())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def request(class_ids, images_per_class=1, guidance_scale=1.4, seed=0, **settings):
+    settings = {**dict(model="m", guidance_schedule="constant", guidance_power=1.0, num_inference_steps=STEPS,
+                       sampler="dpm-solver-3s"), **settings}
+    return Request(class_ids=tuple(class_ids), images_per_class=images_per_class, guidance_scale=guidance_scale,
+                   seed=seed, **settings)
+
+
+class Recorder:
+    """A batcher around one pipeline that records the class labels of every run and can hold its worker."""
+
+    def __init__(self, pipe):
+        self.runs, self.outputs, self.release = [], [], threading.Event()
+        original = pipe.__class__.__call__
+
+        def recording(labels, **kwargs):
+            self.runs.append(list(labels))
+            self.outputs.append(original(pipe, labels, **kwargs))
+            return self.outputs[-1]
+
+        self.wrapped = type("Recording", (), {"__getattr__": lambda _, name: getattr(pipe, name),
+                                              "__call__": lambda _, labels, **kw: recording(labels, **kw)})()
+        self.batcher = batching.Batcher(load=lambda r: self.wrapped, branch_steps=lambda p, steps: [0, steps - 1])
+
+    def submit_together(self, requests):
+        """Submit while the worker is busy, so that all of them wait together."""
+        self.batcher.background(self.release.wait)
+        jobs = [self.batcher.submit(r) for r in requests]
+        self.release.set()
+        return jobs
+
+
+def alone(pipe, r):
+    return pipe(r.labels, guidance_scale=r.guidance_scale, num_inference_steps=STEPS, output_type="np",
+                generator=torch.Generator().manual_seed(r.seed), return_branches=True, branch_steps=[0, STEPS - 1])
+
+
+def test_waiting_requests_share_one_run_and_each_gets_its_images_alone(pipe):
+    recorder = Recorder(pipe)
+    requests = [request([0, 2], seed=1, guidance_scale=3.0), request([1], images_per_class=3, seed=7,
+                guidance_scale=1.0), request([2], seed=1, guidance_scale=0.0)]
+    jobs = recorder.submit_together(requests)
+    results = [job.result()[0] for job in jobs]
+    assert recorder.runs == [[0, 2, 1, 1, 1, 2]], "one run with every request's classes, in order"
+    for r, job, out in zip(requests, jobs, results):
+        expected = alone(pipe, r)
+        np.testing.assert_allclose(out.images, expected.images, atol=1e-5)
+        assert out.images.shape == (len(r.labels), 16, 16, 3)
+        for l in range(len(expected.branches.scales)):
+            # Early steps divide by a small sqrt(abar), which magnifies the rounding of a larger batch.
+            torch.testing.assert_close(out.branches.x0_pred[l], expected.branches.x0_pred[l], atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(out.branches.images[-1][l], expected.branches.images[-1][l], atol=1e-5)
+        step, preview = job.take_preview()
+        assert step == STEPS - 1 and preview.shape == (len(r.labels), 16, 16, 3)
+
+
+def test_requests_share_only_with_the_same_settings_and_up_to_the_run_capacity(pipe, monkeypatch):
+    monkeypatch.setattr(batching, "RUN_IMAGES", 3)
+    recorder = Recorder(pipe)
+    jobs = recorder.submit_together([request([0]), request([1], num_inference_steps=2), request([2, 2]),
+                                     request([1], guidance_schedule="power-cosine"), request([0], seed=1)])
+    for job in jobs:
+        job.result()
+    assert recorder.runs == [[0, 2, 2], [1], [1], [0]]
+
+
+def test_a_stopped_request_leaves_and_a_run_everyone_left_stops_early(pipe):
+    recorder = Recorder(pipe)
+    jobs = recorder.submit_together([request([0]), request([1])])
+    jobs[0].stop.set()
+    with pytest.raises(batching.Stopped, match="stopped before the last step"):
+        jobs[0].result()
+    assert jobs[1].result()[0].images.shape == (1, 16, 16, 3)
+
+    job = recorder.batcher.submit(request([0], num_inference_steps=200))
+    while job.take_preview() is None:
+        job.finished.wait(0.01)
+    job.stop.set()
+    with pytest.raises(batching.Stopped):
+        job.result()
+    recorder.batcher.submit(request([1])).result()  # the worker is free again
+    assert len(recorder.outputs[-2].branches.timesteps) < 200
+
+
+def test_a_failed_load_reaches_its_requester_and_the_worker_goes_on(pipe):
+    def load(r):
+        if r.model == "broken":
+            raise ValueError("no such model")
+        return pipe
+
+    batcher = batching.Batcher(load=load, branch_steps=lambda p, steps: [steps - 1])
+    with pytest.raises(ValueError, match="no such model"):
+        batcher.submit(request([0], model="broken")).result()
+    assert batcher.submit(request([0])).result()[0].images.shape == (1, 16, 16, 3)
+
+
+def test_background_tasks_wait_while_requests_wait(pipe):
+    recorder = Recorder(pipe)
+    jobs, request_done_before_task, task_ran = [], [], threading.Event()
+    recorder.batcher.background(recorder.release.wait)
+    recorder.batcher.background(lambda: request_done_before_task.append(jobs[0].finished.is_set()) or task_ran.set())
+    jobs.append(recorder.batcher.submit(request([0])))
+    recorder.release.set()
+    assert task_ran.wait(60) and request_done_before_task == [True]
+
+
+def test_equal_requests_are_sampled_once_and_each_gets_the_images(pipe, monkeypatch):
+    monkeypatch.setattr(batching, "RUN_IMAGES", 3)
+    recorder = Recorder(pipe)
+    same = [request([0, 1], seed=4) for _ in range(3)]
+    jobs = recorder.submit_together([*same, request([2], seed=4), request([2], seed=5)])
+    outs = [job.result()[0] for job in jobs]
+    assert recorder.runs == [[0, 1, 2], [2]], "equal requests take no room in a run"
+    for out in outs[1:3]:
+        np.testing.assert_array_equal(out.images, outs[0].images)
+    np.testing.assert_allclose(outs[0].images, alone(pipe, same[0]).images, atol=1e-5)
+
+
+def test_warm_up_loads_and_runs_every_network_batch_a_run_can_make_once():
+    from dimr.acceleration import fast_network
+
+    pipe = DiMRPipeline(tiny_pixel_model())
+    pipe.network = network = fast_network(pipe.model, compile=False)
+    loads = []
+    batcher = batching.Batcher(load=None, branch_steps=None)
+    batcher.warm_up(lambda: loads.append(1) or pipe)
+    images = range(1, batching.RUN_IMAGES + 1)
+    sizes = {*images, *(2 * n for n in images)}
+    for _ in range(600):
+        if {key[0][0] for key in network.seen} == sizes:
+            break
+        threading.Event().wait(0.1)
+    assert {key[0][0] for key in network.seen} == sizes, "with guidance 2 x 1..16 samples, without 1..16"
+    assert len(batching.warm_up_batches()) == len(sizes)
+
+
+def test_a_pipeline_that_is_not_compiled_is_only_loaded(pipe):
+    loaded = threading.Event()
+    batching.Batcher(load=None, branch_steps=None).warm_up(lambda: loaded.set() or pipe)
+    assert loaded.wait(30)
+
+
+@pytest.mark.parametrize("model, classes, per_class, steps, expected", [
+    ("DiMR-XL/2R", [1, 2, 3, 4], 1, 25, 13),       # the demo's default request
+    ("DiMR-XL/2R", [1, 2, 3, 4], 4, 250, 49),      # the largest request
+    ("DiMR-G/2R", [1, 2, 3, 4], 4, 250, 80),
+    ("DiMR-G/2R", "not a list", "x", None, 80),    # raw values the checks will reject: the largest estimate
+    ("DiMR-G/2R", [1] * 40, 99, 10**6, 80),
+])
+def test_zero_gpu_duration_grows_with_the_request_and_never_fails(model, classes, per_class, steps, expected):
+    assert batching.gpu_seconds(model, classes, per_class, steps) == expected
+
+
+def test_zero_gpu_samples_in_bf16_without_compilation(monkeypatch):
+    from dimr import demo
+
+    monkeypatch.delenv("DIMR_ACCELERATION", raising=False)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert demo.acceleration_mode() == "bf16"
+    monkeypatch.setenv("SPACES_ZERO_GPU", "")
+    monkeypatch.setenv("DIMR_DEVICE", "cuda")
+    assert demo.acceleration_mode() == "fast"
+
+
+def test_a_failed_run_reaches_all_its_requesters_and_the_worker_goes_on(pipe):
+    recorder = Recorder(pipe)
+    jobs = recorder.submit_together([request([0], guidance_scale=float("nan")), request([1])])
+    for job in jobs:
+        with pytest.raises(ValueError, match="finite number"):
+            job.result()
+    assert recorder.batcher.submit(request([1])).result()[0].images.shape == (1, 16, 16, 3)
