@@ -304,7 +304,8 @@ def test_callback_can_replace_latents_and_see_branch_predictions(latent_pipe):
 
 def test_a_callback_can_stop_sampling_early(latent_pipe):
     def stop(pipe, i, t, tensors):
-        pipe._interrupt = i == 1
+        if i == 1:
+            pipe.stop()
         return {}
 
     out = latent_pipe([1], num_inference_steps=10, output_type="latent", return_branches=True,
@@ -316,7 +317,8 @@ def test_a_stopped_run_shows_only_the_branch_steps_it_reached():
     pipe = quiet(DiMRPipeline(tiny_pixel_model(), vae=None))
 
     def stop(pipe, i, t, tensors):
-        pipe._interrupt = i == 1
+        if i == 1:
+            pipe.stop()
         return {}
 
     out = pipe([0], num_inference_steps=5, output_type="np", return_branches=True, branch_steps=[0, 1, 4],
