@@ -162,7 +162,8 @@ class Batcher:
         for job in list(self._waiting):
             new_images = 0 if any(job.request == other.request for other in jobs) else job.size
             alone = job.latents is not None or first.latents is not None
-            if (share_key(job.request) != share_key(first.request) or images + new_images > capacity
+            # The first job always runs, alone when it is larger than a run (a Compare request of 40 shapes).
+            if (share_key(job.request) != share_key(first.request) or (jobs and images + new_images > capacity)
                     or (alone and job is not first)):
                 continue
             self._waiting.remove(job)
