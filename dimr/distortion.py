@@ -28,6 +28,7 @@ import torch
 
 from .classifier import CLASSIFIER_DIR, JUDGE_CLASSES, NONE, load_classifier
 from .data.shapes import CLASS_NAMES, make_dataset, to_uint8
+from .defaults import SHAPES_GUIDANCE, SHAPES_STEPS
 from .grids import save_png, tile
 from .pipeline import DEFAULT_SCHEDULER
 
@@ -63,8 +64,8 @@ def real_images(num_samples, seed=REAL_SEED):
     return images[index], labels[index]
 
 
-def generated_images(model, num_samples, num_inference_steps=25, guidance_scale=3.0, sampler=None, seed=0,
-                     batch_size=100, device=None, progress=True, total_samples=None):
+def generated_images(model, num_samples, num_inference_steps=SHAPES_STEPS, guidance_scale=SHAPES_GUIDANCE,
+                     sampler=None, seed=0, batch_size=100, device=None, progress=True, total_samples=None):
     """Samples of a bundled model name or checkpoint directory via the pipeline, uint8 [N, 3, 32, 32] and labels.
 
     total_samples (default num_samples): the size of the run whose first num_samples samples these are, so a
@@ -201,8 +202,9 @@ def add_cli_arguments(parser):
     parser.add_argument("--model", required=True,
                         help="tiny-dimr, tiny-baseline, a checkpoint directory, or 'real' for rendered data")
     parser.add_argument("--samples", type=int, default=500, help="number of samples (classes spread evenly)")
-    parser.add_argument("--steps", type=int, default=25, help="sampling steps")
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--steps", type=int, default=SHAPES_STEPS, help="sampling steps (default: the demo's)")
+    parser.add_argument("--guidance", type=float, default=SHAPES_GUIDANCE,
+                        help="classifier-free guidance scale (default: the demo's)")
     parser.add_argument("--sampler", help="a sampler name from dimr.pipeline.SCHEDULERS (default: the pipeline's, dpm-solver-3s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="flag when p(intended class) < this")

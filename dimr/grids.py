@@ -6,23 +6,27 @@ from pathlib import Path
 import torch
 
 
-def tile(images, columns, pad=2, scale=1, frames=None):
-    """uint8 images [N, 3, H, W] -> one uint8 grid [3, rows (H+pad) + pad, columns (W+pad) + pad].
+def tile(images, columns, pad=2, scale=1, frames=None, margin=None):
+    """uint8 images [N, 3, H, W] -> one uint8 grid [3, rows (H+pad) - pad + 2 margin, columns (W+pad) - pad + 2 margin].
 
-    Images are enlarged `scale` times (nearest, so pixels stay visible). `frames`, optional, gives each image
-    an RGB colour [N, 3] (or None) for the `pad`-wide border around it; borders are white otherwise.
+    Images are enlarged `scale` times (nearest, so pixels stay visible), `pad` white pixels apart, with a white
+    border of `margin` pixels (default: pad). `frames`, optional, gives each image an RGB colour [N, 3] (or None)
+    for the pad-wide border around it.
     """
+    margin = pad if margin is None else margin
     if scale > 1:
         images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     n, c, h, w = images.shape
     rows = math.ceil(n / columns)
-    grid = torch.full((c, rows * (h + pad) + pad, columns * (w + pad) + pad), 255, dtype=torch.uint8)
+    grid = torch.full((c, rows * (h + pad) - pad + 2 * margin, columns * (w + pad) - pad + 2 * margin), 255,
+                      dtype=torch.uint8)
     for i, image in enumerate(images):
         r, col = divmod(i, columns)
-        top, left = r * (h + pad), col * (w + pad)
+        top, left = margin + r * (h + pad), margin + col * (w + pad)
         if frames is not None and frames[i] is not None:
-            grid[:, top : top + h + 2 * pad, left : left + w + 2 * pad] = torch.as_tensor(frames[i], dtype=torch.uint8)[:, None, None]
-        grid[:, top + pad : top + pad + h, left + pad : left + pad + w] = image
+            colour = torch.as_tensor(frames[i], dtype=torch.uint8)[:, None, None]
+            grid[:, top - pad : top + h + pad, left - pad : left + w + pad] = colour
+        grid[:, top : top + h, left : left + w] = image
     return grid
 
 

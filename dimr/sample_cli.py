@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import defaults
 from .acceleration import MODES, accelerate_pipeline, default_mode, mode_dtype
+from .data.shapes import to_uint8
+from .grids import save_png, tile
 from .loading import MODELS, load_pipeline
 from .pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS
 
@@ -81,17 +82,7 @@ def cli_main(args):
     return 0
 
 
-def grid(rows, pad=2):
-    """Rows of [H, W, 3] float images in 0..1 -> one uint8 image with `pad` white pixels between them."""
-    h, w = rows[0][0].shape[:2]
-    cols = max(len(r) for r in rows)
-    canvas = np.ones((len(rows) * (h + pad) - pad, cols * (w + pad) - pad, 3), dtype=np.float32)
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            canvas[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = image
-    return (canvas * 255).round().astype(np.uint8)
-
-
-def save_png(array, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+def grid(rows):
+    """Rows of equally many [H, W, 3] float images in 0..1 -> one uint8 grid [3, H', W'], 2 white pixels apart."""
+    images = torch.as_tensor(np.stack([image for row in rows for image in row]))
+    return tile(to_uint8(images.permute(0, 3, 1, 2) * 2 - 1), len(rows[0]), margin=0)
