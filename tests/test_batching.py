@@ -45,7 +45,10 @@ class Recorder:
 
     def submit_together(self, requests):
         """Submit while the worker is busy, so that all of them wait together."""
-        self.batcher.background(self.release.wait)
+        busy = threading.Event()
+        self.batcher.background(lambda: busy.set() or self.release.wait())
+        # A worker that had not yet taken the task would take the first request alone (requests go first).
+        assert busy.wait(60)
         jobs = [self.batcher.submit(r) for r in requests]
         self.release.set()
         return jobs
