@@ -94,8 +94,8 @@ def run_sequence(model_dir, label, sequence, steps, device, warm_up):
     for images in sequence:
         per_class = max(1, images // len(classes))
         chosen = classes[: images // per_class]
-        request = demo.Request.check(str(model_dir), chosen, images_per_class=per_class, num_inference_steps=steps,
-                                     guidance_scale=demo.default_guidance(str(model_dir)))
+        request = demo.Request.check(model=str(model_dir), classes=chosen, images_per_class=per_class,
+                                     num_inference_steps=steps)  # guidance: the model's default
         with PeakMemory(device) as peak:
             start = time.perf_counter()
             generation = list(demo.stream(request))[-1]

@@ -80,7 +80,7 @@ def default_request(model="tiny-dimr"):
     labels = demo.model_labels(model)
     return dict(model=model, classes=[labels.name(c) for c in demo.default_classes(model)], images_per_class=1,
                 guidance_scale=demo.default_guidance(model), guidance_schedule="constant", guidance_power=1.0,
-                num_inference_steps=demo.Request.num_inference_steps, seed=0, sampler=demo.DEFAULT_SCHEDULER)
+                num_inference_steps=demo.default_steps(model), seed=0, sampler=demo.DEFAULT_SAMPLER)
 
 
 def chosen_request(args):
