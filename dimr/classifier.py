@@ -8,7 +8,7 @@ corruptions only, like the paper's classifier trained on real images. Its pooled
 which the distortion measure computes the Frechet distance and precision/recall.
 Bundled in checkpoints/shapes-classifier/ (config.json + model.safetensors).
 
-    python -m dimr.classifier [--device cuda] [--images 60000] [--epochs 4] [--out checkpoints/shapes-classifier]
+    python -m dimr.classifier [--device cuda] [--images 40000] [--epochs 5] [--out checkpoints/shapes-classifier]
 """
 
 import argparse
@@ -167,7 +167,7 @@ def flag_rates(model, num_images=10000):
     return {k: round(v, 5) for k, v in rates.items()}
 
 
-def train_classifier(num_images=60000, epochs=4, batch_size=256, lr=3e-3, width=16, device="cpu", seed=0,
+def train_classifier(num_images=40000, epochs=5, batch_size=256, lr=3e-3, width=16, device="cpu", seed=0,
                      progress=True):
     """Train on `num_images` real renders and as many corrupted ones; returns (model, info with validation rates)."""
     torch.manual_seed(seed)
@@ -208,8 +208,9 @@ def train_classifier(num_images=60000, epochs=4, batch_size=256, lr=3e-3, width=
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dimr.classifier", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--images", type=int, default=60000, help="training images (rendered, seed 1)")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--images", type=int, default=40000,
+                        help="real training images (rendered, seed 1), and as many corrupted ones")
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--width", type=int, default=16, help="channels of the first stage (x2, x4 after)")
     parser.add_argument("--threads", type=int)

@@ -4,17 +4,18 @@
 #   scripts/gpu_train.sh OUTDIR MINUTES [DEVICE]          e.g. scripts/gpu_train.sh "$OUT" 5
 #
 # tiny-dimr and tiny-baseline train side by side as two processes in lockstep (same batches, and both stop
-# at the same step once MINUTES of training have passed); the shapes classifier trains beside them. Then the
-# EMA models are exported, sample grids drawn and the distortion rates (500 samples each, and real data)
-# measured. OUTDIR receives few files (the device tool returns at most 8, 16 MiB each):
+# at the same step once MINUTES of training have passed). Then the EMA models are exported, sample grids drawn
+# and the distortion measure (500 samples each, and real data) taken with the bundled judge, which stays as it
+# is so that numbers before and after a retraining compare. OUTDIR receives few files (the device tool returns
+# at most 8, 16 MiB each):
 #   tiny-dimr.tar, tiny-baseline.tar   checkpoints/<name>/ (config.json, safetensors, training.json, distortion.json)
-#   extras.tar                         checkpoints/shapes-classifier/, assets/shapes_*.png, runs/gpu logs
+#   extras.tar                         assets/shapes_*.png, runs/gpu logs and measurements
 #   summary.md                         timings, step counts and the distortion table (also printed)
 #   shapes_tiny_dimr.png, shapes_tiny_baseline.png   one row per class, for a first look
 # Unpack in the repo root: for f in OUTDIR/*.tar; do tar -xf "$f"; done
 #
 # Environment: PYTHON (default python3), COMPILE=1 (torch.compile; slower start, may be faster after),
-# SAMPLES (default 500), TRAIN_ARGS / CLASSIFIER_ARGS (extra arguments, e.g. for a CPU smoke test).
+# SAMPLES (default 500), TRAIN_ARGS (extra arguments, e.g. for a CPU smoke test).
 # Needs torch, safetensors, diffusers (and its dependencies), tqdm, pillow; not gradio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,11 +49,7 @@ for name in tiny-dimr tiny-baseline; do
     --no-progress "${compile[@]}" $(continue_from "$name") ${TRAIN_ARGS:-} > "$WORK/$name.log" 2>&1 &
   pids+=($!)
 done
-# shellcheck disable=SC2086
-"$PY" -m dimr.classifier --device "$DEVICE" --images 100000 --epochs 6 ${CLASSIFIER_ARGS:-} \
-  > "$WORK/classifier.log" 2>&1 &
-pids+=($!)
-names=(tiny-dimr tiny-baseline classifier)
+names=(tiny-dimr tiny-baseline)
 failed=()
 for i in "${!pids[@]}"; do wait "${pids[$i]}" || failed+=("${names[$i]}"); done
 for log in "$WORK"/*.log; do echo "== $log"; tail -n 5 "$log"; done
@@ -95,6 +92,6 @@ for name in tiny_dimr tiny_baseline; do
   [[ -f "assets/shapes_$name.png" ]] && grids+=("assets/shapes_$name.png") && cp "assets/shapes_$name.png" "$OUT/"
 done
 pack
-tar -cf "$OUT/extras.tar" checkpoints/shapes-classifier "${grids[@]}" --exclude='checkpoint' "$WORK"
+tar -cf "$OUT/extras.tar" "${grids[@]}" --exclude='checkpoint' "$WORK"
 ls -l "$OUT"
 [[ $evaluated == 1 ]] || { echo "the evaluation failed (models are packed; see the output above)" >&2; exit 1; }
