@@ -27,11 +27,10 @@ from PIL import Image
 from . import defaults
 from .acceleration import accelerate_pipeline, default_mode, mode_dtype
 from .batching import GPU_SECONDS_MAX, Batcher, gpu_seconds  # the GPU seconds: for app.py's ZeroGPU requests
-from .classifier import load_classifier
 from .data.shapes import CLASS_NAMES, make_dataset
 from .distortion import judge, stored_result
 from .labels import labels_for_model
-from .loading import BUNDLED, CHECKPOINTS_DIR, MODELS, default_device, load_pipeline, model_config
+from .loading import BUNDLED, MODELS, default_device, load_pipeline, model_config, model_files
 from .model import DiMRModel
 from .pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS, check_guidance, check_num_inference_steps
 from .pipeline import make_scheduler
@@ -387,15 +386,10 @@ def reference_shapes(class_ids, seed=REFERENCE_SEED):
     return [(enlarge(images[index[c]].permute(1, 2, 0).numpy()), f"real {CLASS_NAMES[c]}") for c in class_ids]
 
 
-@functools.lru_cache(maxsize=1)
-def _judge_classifier():
-    return load_classifier()
-
-
 def verdicts(generation):
     """The distortion judge's verdict per sample of a shapes model: [(misdrawn, p of the intended class)]."""
     images = torch.from_numpy(generation.images).permute(0, 3, 1, 2)
-    flagged, p_intended = judge(images, torch.tensor(generation.request.labels), classifier=_judge_classifier())
+    flagged, p_intended = judge(images, torch.tensor(generation.request.labels))
     return list(zip(flagged.tolist(), p_intended.tolist()))
 
 
@@ -408,4 +402,4 @@ def judged_gallery(generation):
 
 def measured_distortion(name):
     """The distortion measured for a bundled model and stored beside its weights (dimr.distortion), or None."""
-    return stored_result(CHECKPOINTS_DIR / name) if name in BUNDLED else None
+    return stored_result(model_files(name).directory) if name in BUNDLED else None

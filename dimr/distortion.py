@@ -20,6 +20,7 @@ one fixed seed, so two models are judged on the same noise and classes. The rate
 score interval, which stays inside [0, 1] and is accurate for rates near 0 where the normal approximation is not.
 """
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -93,12 +94,21 @@ def generated_images(model, num_samples, num_inference_steps=SHAPES_STEPS, guida
     return torch.cat(images), labels
 
 
-def judge(images, labels, classifier=None, threshold=THRESHOLD):
-    """The judge's verdict per image: (flagged bool [N], p of the intended class [N]) for uint8 images [N, 3, 32, 32]."""
-    classifier = classifier or load_classifier()
-    probs = classifier.probabilities(images)
+@functools.lru_cache(maxsize=1)
+def bundled_judge():
+    """The bundled judge, loaded once per process."""
+    return load_classifier()
+
+
+def verdicts(probs, labels, threshold=THRESHOLD):
+    """The rule of the measure: (flagged bool [N], p of the intended class [N]) from class probabilities [N, K]."""
     p_intended = probs[torch.arange(len(labels)), torch.as_tensor(labels)]
     return p_intended < threshold, p_intended
+
+
+def judge(images, labels, classifier=None, threshold=THRESHOLD):
+    """The judge's verdict per image: (flagged bool [N], p of the intended class [N]) for uint8 images [N, 3, 32, 32]."""
+    return verdicts((classifier or bundled_judge()).probabilities(images), labels, threshold)
 
 
 def frechet_distance(a, b):
@@ -136,8 +146,7 @@ def distortion_rate(images, labels, classifier, threshold=THRESHOLD, reference=N
     per class) and precision/recall in the judge's feature space."""
     probs, features = classifier.probabilities_and_features(images)
     labels = torch.as_tensor(labels)
-    p_intended = probs[torch.arange(len(labels)), labels]
-    flagged = p_intended < threshold
+    flagged, _ = verdicts(probs, labels, threshold)
     low, high = wilson_interval(int(flagged.sum()), len(labels))
     per_class = {name: [int(flagged[labels == k].sum()), int((labels == k).sum())] for k, name in enumerate(CLASS_NAMES)}
     result = {"flagged": int(flagged.sum()), "samples": len(labels), "rate": flagged.float().mean().item(),

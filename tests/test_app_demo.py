@@ -149,8 +149,11 @@ def test_the_change_view_shows_what_each_finer_branch_changes_on_mid_grey():
 
 
 def test_measured_distortion_is_read_from_the_models_directory(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "CHECKPOINTS_DIR", tmp_path)
+    from dimr import loading
+
+    monkeypatch.setattr(loading, "CHECKPOINTS_DIR", tmp_path)
     (tmp_path / "tiny-dimr").mkdir()
+    (tmp_path / "tiny-dimr" / "config.json").write_text("{}")  # what makes a directory a model
     assert demo.measured_distortion("tiny-dimr") is None  # not measured yet: no file, no error
     (tmp_path / "tiny-dimr" / "distortion.json").write_text(json.dumps({"rate": 0.1}))
     assert demo.measured_distortion("tiny-dimr") == {"rate": 0.1}
