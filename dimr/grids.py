@@ -39,12 +39,12 @@ def save_png(grid, path):
     Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path)
 
 
-def class_grid(model, per_class=8, num_inference_steps=25, guidance_scale=1.5, seed=0, scale=2):
-    """One row per class, `per_class` samples each, from the DiMR pipeline; uint8 grid [3, H, W]."""
+def class_grid(model, scheduler, per_class=8, num_inference_steps=25, guidance_scale=3.0, seed=0, scale=2):
+    """One row per class, `per_class` samples each, from the DiMR pipeline with `scheduler`; uint8 grid [3, H, W]."""
     from .data.shapes import to_uint8
-    from .pipeline import DiMRPipeline, make_scheduler
+    from .pipeline import DiMRPipeline
 
-    pipe = DiMRPipeline(model=model, vae=None, scheduler=make_scheduler())
+    pipe = DiMRPipeline(model=model, vae=None, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     device = next(model.parameters()).device
     labels = [k for k in range(model.null_class) for _ in range(per_class)]

@@ -10,6 +10,7 @@ Nothing here waits on the network when it is unreachable: a model or VAE that is
 fails at once with a message that says what to download and where to put it.
 """
 
+import json
 import os
 import socket
 import threading
@@ -21,7 +22,7 @@ import torch
 
 from .config import REPO_ROOT, VARIANTS, variant_config
 from .model import DiMRModel
-from .pipeline import DEFAULT_SCHEDULER, DiMRPipeline, make_scheduler
+from .pipeline import DEFAULT_SCHEDULER, DiMRPipeline, make_scheduler, noise_settings
 from .weights import HUB_FILES, HUB_REPO, CheckpointError, converted_dir, ensure_converted
 
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
@@ -44,6 +45,8 @@ SD_VAE_CONFIG = dict(
     norm_num_groups=32, sample_size=256, scaling_factor=0.18215,
 )
 
+SCHEDULER_CONFIG = "scheduler_config.json"  # diffusers' file name for a scheduler's settings
+
 _cache = {}
 _cache_lock = threading.Lock()
 
@@ -58,12 +61,13 @@ def load_pipeline(name_or_path, device=None, torch_dtype=None, vae=None, schedul
     vae: None = the model's own (bundled models: none; latent models: `vae/` beside the weights, else
     sd-vae-ft-ema from the Hugging Face cache or hub), or a directory / single weights file / AutoencoderKL.
     torch_dtype applies to the network; the VAE gets it too unless it is float16 (the SD VAE overflows in
-    float16), then float32. scheduler: a sampler name from dimr.pipeline.SCHEDULERS.
+    float16), then float32. scheduler: a sampler name from dimr.pipeline.SCHEDULERS, run on the noise settings the
+model was trained with (`trained_noise_settings`).
     """
     device = torch.device(device or default_device())
     torch_dtype = torch_dtype or torch.float32
-    scheduler = make_scheduler(scheduler)
     files = model_files(name_or_path)
+    scheduler = make_scheduler(scheduler, **trained_noise_settings(files.directory))
     key = (str(files.directory.resolve()), str(device), torch_dtype)
     with _cache_lock:
         if key not in _cache:
@@ -114,6 +118,13 @@ def model_files(name_or_path):
         raise CheckpointError(f"unknown model {name_or_path!r}: use one of {', '.join(MODELS)} or a directory "
                               f"holding config.json and the weights (save_pretrained)")
     return ModelFiles(Path(name_or_path))
+
+
+def trained_noise_settings(directory):
+    """The noise schedule, prediction type and x0 clipping a model was trained and is sampled with, from the
+    scheduler_config.json beside its weights; {} (DiMR's own: scaled linear, epsilon, no clipping) without one."""
+    path = Path(directory) / SCHEDULER_CONFIG
+    return noise_settings(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def model_config(name_or_path):

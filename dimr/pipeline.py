@@ -17,11 +17,13 @@ BranchTrace (all tensors float32 on the pipeline's device; S = number of model e
 B = batch, L = branches, lowest resolution first, branch l has scale f = trace.scales[l] (1 for the last)):
     timesteps    list of S timestep indices k (floats for sigma-based samplers)
     scales       list of L downsampling factors (model.branch_scales)
-    noise_pred   list of L tensors [S, B, C, H/f, W/f]: the branch's guided noise prediction. The branch is
-                 trained to predict the noise sum-pooled over f x f and divided by f (unit variance).
+    noise_pred   list of L tensors [S, B, C, H/f, W/f]: the branch's guided output: the noise (the released
+                 models; "v" or x0 for models trained so, per the scheduler's prediction_type), sum-pooled over
+                 f x f and divided by f (unit variance for noise).
     x0_pred      list of L tensors [S, B, C, H/f, W/f]: the clean estimate the branch implies, as an image at
                  its own resolution (= what avg-pooling the clean sample over f x f should give): with the
-                 branch's noisy input x_t^f = sum-pool_f(x_t) / f, x0 = (x_t^f - sqrt(1 - abar) eps_f) / sqrt(abar) / f.
+                 branch's noisy input x_t^f = sum-pool_f(x_t) / f, x0 = (x_t^f - sqrt(1 - abar) eps_f) / sqrt(abar) / f
+                 for noise predictions (`branch_x0`).
     image_steps  the step indices (into 0..S-1) that were decoded to images, in the order given
     images       images[j][l]: branch l at step image_steps[j], upsampled (nearest, so the blocks show the
                  branch's resolution) to full size and decoded (VAE in batches of `pipe.vae_batch_size`, or
@@ -34,6 +36,7 @@ On a CPU, decoding a 256x256 image with the SD VAE costs more than a network ste
 "branch_x0_pred" (lists of L tensors [B, C, H/f, W/f] for the current step).
 """
 
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -95,12 +98,27 @@ MAX_INFERENCE_STEPS = NUM_TRAIN_TIMESTEPS  # more steps than the training table 
 VAE_BATCH_SIZE = 8
 
 
+# What a model was trained with, kept beside its weights in scheduler_config.json (diffusers' name) and applied to
+# whichever sampler is chosen: the noise schedule, what the network predicts, and clipping of x0 estimates
+# (thresholding, for pixel-space models whose images lie in [-1, 1]).
+NOISE_SETTINGS = ("beta_schedule", "beta_start", "beta_end", "prediction_type", "thresholding", "sample_max_value",
+                  "dynamic_thresholding_ratio")
+
+
 def make_scheduler(name=DEFAULT_SCHEDULER, **overrides):
-    """A fresh diffusers scheduler by sampler name, on DiMR's training schedule."""
+    """A fresh diffusers scheduler by sampler name, on DiMR's training schedule unless overridden.
+
+    Settings the sampler does not have are left out (Euler and Heun cannot clip x0: they sample unclipped)."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls, settings = SCHEDULERS[name]
-    return cls(**{**SD_SCHEDULE, **settings, **overrides})
+    known = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in {**SD_SCHEDULE, **settings, **overrides}.items() if k in known})
+
+
+def noise_settings(scheduler_config):
+    """The NOISE_SETTINGS of a scheduler config (a dict, as in scheduler_config.json)."""
+    return {k: scheduler_config[k] for k in NOISE_SETTINGS if k in scheduler_config}
 
 
 def check_num_inference_steps(num_inference_steps):
@@ -252,6 +270,7 @@ class DiMRPipeline(DiffusionPipeline):
         self.model.eval()
         scheduler = self.scheduler.__class__.from_config(self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=device)
+        prediction_type = scheduler.config.prediction_type
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)  # the scheduler then never searches its timesteps (a host sync)
         timesteps = scheduler.timesteps.tolist()  # python numbers for scheduler.step; the model gets tensors
@@ -294,7 +313,8 @@ class DiMRPipeline(DiffusionPipeline):
                     branches = [b.float() for b in branches]
                 noise_pred = branches[-1]
                 if trace_branches:
-                    x0s = [branch_x0(model_input, eps, scale, abar[i]) for eps, scale in zip(branches, scales)]
+                    x0s = [branch_x0(model_input, out, scale, abar[i], prediction_type)
+                           for out, scale in zip(branches, scales)]
                     for l, (eps, x0) in enumerate(zip(branches, x0s)):
                         trace_eps[l].append(eps)
                         trace_x0[l].append(x0)
@@ -395,10 +415,16 @@ def alpha_bar(scheduler, timesteps):
     return (1 / (1 + sigmas**2)).tolist()
 
 
-def branch_x0(x_t, eps, scale, abar):
-    """The clean image a branch's noise prediction implies, at the branch's resolution (avg-pool units).
+def branch_x0(x_t, prediction, scale, abar, prediction_type="epsilon"):
+    """The clean image a branch's prediction implies, at the branch's resolution (avg-pool units).
 
-    The branch at scale f sees noise sum-pooled over f x f and divided by f, so its noisy input is
-    avg_pool(x_t) * f (unit noise variance); the clean estimate in those units is divided by f again."""
+    The branch at scale f is trained on targets sum-pooled over f x f and divided by f, and its noisy input in
+    those units is avg_pool(x_t) * f; the clean estimate in those units is divided by f again."""
     x_t_f = F.avg_pool2d(x_t, scale) * scale if scale > 1 else x_t
-    return (x_t_f - (1 - abar).sqrt() * eps) / abar.sqrt() / scale
+    if prediction_type == "epsilon":
+        x0 = (x_t_f - (1 - abar).sqrt() * prediction) / abar.sqrt()
+    elif prediction_type == "v_prediction":
+        x0 = abar.sqrt() * x_t_f - (1 - abar).sqrt() * prediction
+    else:
+        x0 = prediction
+    return x0 / scale

@@ -41,12 +41,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import NUM_TRAIN_TIMESTEPS, REPO_ROOT
+from .config import REPO_ROOT
 from .data.shapes import make_dataset, to_model_range
 from .grids import class_grid, save_png
 from .loading import CHECKPOINTS_DIR
 from .lockstep import Lockstep
-from .objective import diffusion_loss, scaled_linear_alphas_cumprod
+from .objective import alphas_cumprod, diffusion_loss, sample_timesteps
+from .pipeline import make_scheduler
 from .train_config import build_model, load_config, model_cost, prepare_config
 
 RUNS_DIR = REPO_ROOT / "runs"
@@ -73,7 +74,7 @@ class Trainer:
             lr=t["lr"], betas=tuple(t["betas"]), **({"fused": True} if self.cuda else {}),
         )
         self.images, self.labels = make_dataset(config["data"]["num_images"], config["data"]["seed"], device=self.device)
-        self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
+        self.alphas_cumprod = alphas_cumprod(config["diffusion"]["beta_schedule"]).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(t["seed"])
         self.step = 0
         self.train_seconds = 0.0
@@ -93,14 +94,16 @@ class Trainer:
         labels = self.labels[index]
         dropped = torch.rand(b, generator=g, device=dev) < t["label_dropout"]
         labels = torch.where(dropped, torch.full_like(labels, self.model.null_class), labels)
-        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=g, device=dev)
+        timesteps = sample_timesteps(torch.randn(b, generator=g, device=dev), t["time_sampling"], t["logit_mean"],
+                                     t["logit_std"])
         noise = torch.randn(x0.shape, generator=g, device=dev).contiguous(memory_format=torch.channels_last)
         return x0, labels, timesteps, noise
 
     def compute_loss(self, batch):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             t = self.config["train"]
-            return self.loss_fn(self.model, *batch, self.alphas_cumprod, t["loss_coeffs"], t["min_snr_gamma"])
+            return self.loss_fn(self.model, *batch, self.alphas_cumprod, t["loss_coeffs"], t["min_snr_gamma"],
+                                self.config["diffusion"]["prediction_type"])
 
     def lr_at(self, step):
         """Linear warm-up, then constant, then (with decay_steps) linear decay reaching 0 at max_steps."""
@@ -144,6 +147,10 @@ class Trainer:
             self.loss_fn = diffusion_loss
             self.optimizer.zero_grad(set_to_none=True)
 
+    def scheduler(self):
+        """A sampler on the run's noise settings (saved with the export as scheduler_config.json)."""
+        return make_scheduler(**self.config["diffusion"])
+
     # Checkpoints ------------------------------------------------------------------------------------
 
     @property
@@ -175,7 +182,7 @@ class Trainer:
         if not (path / "state.json").is_file():
             raise FileNotFoundError(f"no checkpoint to resume in {path}; start without --resume")
         state = json.loads((path / "state.json").read_text())
-        for section in ("model", "data"):
+        for section in ("model", "diffusion", "data"):
             if state["config"][section] != self.config[section]:
                 raise ValueError(
                     f"cannot resume {path}: its '{section}' config differs from this run's "
@@ -204,6 +211,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         export_model = copy.deepcopy(self.ema).to("cpu", memory_format=torch.contiguous_format)
         export_model.save_pretrained(tmp, safe_serialization=True)
+        self.scheduler().save_config(tmp)
         t = self.config["train"]
         info = {"config": self.config["name"], "steps": self.step, "batch_size": t["batch_size"],
                 "images_seen": self.step * t["batch_size"], "train_minutes": round(self.train_seconds / 60, 2),
@@ -350,7 +358,8 @@ def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resum
                     trainer.save_checkpoint()
                     last_checkpoint = now
                 if now - last_sample >= sample_minutes * 60:
-                    save_png(class_grid(trainer.ema), run_dir / "samples" / f"step_{trainer.step:07d}.png")
+                    save_png(class_grid(trainer.ema, trainer.scheduler()),
+                             run_dir / "samples" / f"step_{trainer.step:07d}.png")
                     last_sample = time.monotonic()
                 # Throughput counts training only, not checkpoints and sample grids.
                 losses, branch_losses, interval_start, interval_step = [], [], time.monotonic(), trainer.step

@@ -9,6 +9,7 @@ import torch
 from .config import REPO_ROOT
 from .data.shapes import CLASS_NAMES
 from .model import DiMRModel, count_parameters
+from .objective import BETA_SCHEDULES, PREDICTION_TYPES, TIME_SAMPLINGS
 
 CONFIG_DIR = REPO_ROOT / "configs"
 
@@ -26,8 +27,14 @@ TRAIN_DEFAULTS = {
     "seed": 0,
     "loss_coeffs": None,  # one per branch; default: 1/4 for every lower-resolution branch, 1 for the last
     "min_snr_gamma": None,  # weight each sample's loss by min(SNR, gamma) / SNR (Hang et al. 2023); None: equal
+    "time_sampling": "uniform",  # how training times are drawn: "uniform" or "logit_normal" (dimr.objective)
+    "logit_mean": 0.0,  # of logit_normal times
+    "logit_std": 1.0,
 }
 DATA_DEFAULTS = {"num_images": 200000, "seed": 0}
+# How the model diffuses: saved beside the exported weights as scheduler_config.json, so sampling uses the same.
+# DiMR's own: Stable Diffusion's scaled-linear schedule, epsilon prediction, no clipping of x0 estimates.
+DIFFUSION_DEFAULTS = {"beta_schedule": "scaled_linear", "prediction_type": "epsilon", "thresholding": False}
 
 
 def resolve_config_path(name_or_path):
@@ -49,9 +56,10 @@ def prepare_config(raw):
     `model.class_names` = the shape names, so a config cannot disagree with the data.
     """
     raw = copy.deepcopy(raw)
-    unknown = set(raw) - {"name", "description", "model", "data", "train"}
+    unknown = set(raw) - {"name", "description", "model", "diffusion", "data", "train"}
     if unknown:
-        raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: name, description, model, data, train")
+        raise ValueError(f"unknown config sections {sorted(unknown)}; "
+                         "allowed: name, description, model, diffusion, data, train")
     for section in ("name", "model"):
         if section not in raw:
             raise ValueError(f"training config lacks '{section}'")
@@ -65,7 +73,9 @@ def prepare_config(raw):
         model[field] = list(value) if isinstance(value, list) else value
     data = {**DATA_DEFAULTS, **raw.get("data", {})}
     train = {**TRAIN_DEFAULTS, **raw.get("train", {})}
-    for section, given, allowed in (("data", raw.get("data", {}), DATA_DEFAULTS), ("train", raw.get("train", {}), TRAIN_DEFAULTS)):
+    diffusion = {**DIFFUSION_DEFAULTS, **raw.get("diffusion", {})}
+    for section, given, allowed in (("data", raw.get("data", {}), DATA_DEFAULTS), ("train", raw.get("train", {}), TRAIN_DEFAULTS),
+                                    ("diffusion", raw.get("diffusion", {}), DIFFUSION_DEFAULTS)):
         extra = set(given) - set(allowed)
         if extra:
             raise ValueError(f"unknown {section} fields {sorted(extra)}; allowed: {sorted(allowed)}")
@@ -87,7 +97,18 @@ def prepare_config(raw):
         raise ValueError(f"train.min_snr_gamma must be positive (or null for no weighting), got {train['min_snr_gamma']!r}")
     if not 0 <= train["ema_decay"] < 1:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {train['ema_decay']}")
-    return {"name": raw["name"], "description": raw.get("description", ""), "model": model, "data": data, "train": train}
+    for section, field, allowed in (("train", "time_sampling", TIME_SAMPLINGS),
+                                    ("diffusion", "beta_schedule", BETA_SCHEDULES),
+                                    ("diffusion", "prediction_type", PREDICTION_TYPES)):
+        value = {"train": train, "diffusion": diffusion}[section][field]
+        if value not in allowed:
+            raise ValueError(f"{section}.{field} {value!r} is not one of {', '.join(allowed)}")
+    if not isinstance(diffusion["thresholding"], bool):
+        raise ValueError(f"diffusion.thresholding must be true or false, got {diffusion['thresholding']!r}")
+    if not train["logit_std"] > 0:
+        raise ValueError(f"train.logit_std must be positive, got {train['logit_std']!r}")
+    return {"name": raw["name"], "description": raw.get("description", ""), "model": model, "diffusion": diffusion,
+            "data": data, "train": train}
 
 
 def load_config(name_or_path):

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from dimr.data.shapes import CLASS_NAMES
 from dimr.model import DiMRModel
-from dimr.objective import diffusion_loss, multiscale_targets, scaled_linear_alphas_cumprod, snr_weights
+from dimr.objective import (alphas_cumprod, diffusion_loss, multiscale_targets, prediction_target, sample_timesteps,
+                            snr_weights)
 from dimr.train import Trainer, train
 from dimr.train_config import load_config, model_cost, prepare_config
 
@@ -45,8 +46,42 @@ def test_noise_schedule_is_diffusers_scaled_linear():
     expected = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                              beta_schedule="scaled_linear").alphas_cumprod
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2
-    assert torch.equal(scaled_linear_alphas_cumprod(), expected)
+    assert torch.equal(alphas_cumprod(), expected)
     assert torch.allclose(expected, torch.cumprod(1 - betas, 0))
+
+
+def test_every_prediction_type_recovers_the_clean_image_through_the_branch_estimate():
+    from dimr.pipeline import branch_x0
+
+    x0, noise = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 3, 32, 32)
+    abar = torch.tensor(0.3)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    for prediction_type in ("epsilon", "v_prediction", "sample"):
+        target = prediction_target(x0, noise, abar, prediction_type)
+        for f, pooled in zip([4, 2, 1], multiscale_targets(target, [4, 2, 1])):
+            expected = torch.nn.functional.avg_pool2d(x0, f) if f > 1 else x0
+            torch.testing.assert_close(branch_x0(x_t, pooled, f, abar, prediction_type), expected, atol=1e-5, rtol=0)
+
+
+def test_uniform_and_logit_normal_times_read_the_same_draws():
+    z = torch.randn(20000, generator=torch.Generator().manual_seed(0))
+    uniform, logit_normal = sample_timesteps(z), sample_timesteps(z, "logit_normal", 0.0, 1.0)
+    assert uniform.min() >= 0 and uniform.max() <= 999
+    assert abs(uniform.float().mean().item() - 499.5) < 10 and abs(uniform.float().std().item() - 288.7) < 5
+    # Logit-normal times crowd the middle: fewer draws in the outer tenths than uniform ones.
+    outer = lambda k: ((k < 100) | (k >= 900)).float().mean().item()
+    assert outer(logit_normal) < 0.05 < 0.15 < outer(uniform)
+    # Same draws: both are monotone in z, so a sample is in the noisier half under one exactly when under the other.
+    assert torch.equal((uniform - 499.5).sign()[z.abs() > 0.1], (logit_normal - 499.5).sign()[z.abs() > 0.1])
+
+
+def test_config_checks_the_diffusion_section():
+    config = tiny_config()
+    assert config["diffusion"] == {"beta_schedule": "scaled_linear", "prediction_type": "epsilon", "thresholding": False}
+    with pytest.raises(ValueError, match="diffusion.prediction_type 'x0' is not one of epsilon, v_prediction, sample"):
+        prepare_config({**config, "diffusion": {"prediction_type": "x0"}})
+    with pytest.raises(ValueError, match="train.time_sampling 'normal' is not one of uniform, logit_normal"):
+        tiny_config(time_sampling="normal")
 
 
 def test_config_fills_classes_and_default_loss_coeffs_and_rejects_mismatches():
@@ -63,6 +98,9 @@ def test_config_fills_classes_and_default_loss_coeffs_and_rejects_mismatches():
 def test_min_snr_weights_cap_the_easy_low_noise_steps_and_leave_the_rest():
     abar = torch.tensor([0.99, 5 / 6, 0.5, 0.01])  # SNR 99, 5, 1, 1/99
     assert snr_weights(abar, 5.0).tolist() == pytest.approx([5 / 99, 1.0, 1.0, 1.0])
+    # The same cap on the x0 error, for v (whose error is the x0 error times SNR + 1) and x0 predictions.
+    assert snr_weights(abar, 5.0, "v_prediction").tolist() == pytest.approx([5 / 100, 5 / 6, 1 / 2, 1 / 100], rel=1e-5)
+    assert snr_weights(abar, 5.0, "sample").tolist() == pytest.approx([5.0, 5.0, 1.0, 1 / 99], rel=1e-5)
     with pytest.raises(ValueError, match=r"train.min_snr_gamma must be positive \(or null for no weighting\), got 0"):
         tiny_config(min_snr_gamma=0)
 
@@ -72,7 +110,7 @@ def test_weighted_loss_weights_each_sample_but_logs_the_plain_mse():
     model = DiMRModel(**tiny_config()["model"])
     x0, noise = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 3, 32, 32)
     labels, timesteps = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 10, 500, 999])
-    abar = scaled_linear_alphas_cumprod()
+    abar = alphas_cumprod()
     plain, plain_branches = diffusion_loss(model, x0, labels, timesteps, noise, abar, [0.25, 1.0])
     weighted, weighted_branches = diffusion_loss(model, x0, labels, timesteps, noise, abar, [0.25, 1.0], 5.0)
     assert torch.allclose(torch.stack(plain_branches), torch.stack(weighted_branches))
@@ -168,6 +206,21 @@ def test_export_is_a_loadable_pixel_space_model_with_class_names(tmp_path):
     assert all(torch.equal(saved[k], v) for k, v in trainer.ema.state_dict().items())
     info = json.loads((tmp_path / "export" / "training.json").read_text())
     assert info["steps"] == 2 and info["images_seen"] == 16
+
+
+def test_a_model_trained_on_another_schedule_is_sampled_on_it(tmp_path):
+    from dimr.loading import load_pipeline
+
+    config = prepare_config({**tiny_config(), "diffusion": {"beta_schedule": "squaredcos_cap_v2",
+                                                             "prediction_type": "v_prediction", "thresholding": True}})
+    train(config, tmp_path / "run", max_steps=1, export_dir=tmp_path / "export", progress=False)
+    for sampler in ("dpm-solver-3s", "ddim"):
+        scheduler = load_pipeline(tmp_path / "export", device="cpu", scheduler=sampler).scheduler
+        assert (scheduler.config.beta_schedule, scheduler.config.prediction_type, scheduler.config.thresholding) == \
+               ("squaredcos_cap_v2", "v_prediction", True)
+    # Euler cannot clip x0 estimates: it keeps the schedule and prediction type and samples unclipped.
+    euler = load_pipeline(tmp_path / "export", device="cpu", scheduler="euler").scheduler
+    assert euler.config.prediction_type == "v_prediction" and "thresholding" not in euler.config
 
 
 def test_bundled_configs_match_in_parameters_and_flops_and_fit_the_size_limit():
