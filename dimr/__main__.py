@@ -1,4 +1,4 @@
-"""Command line: `python -m dimr {convert,sample,train,distortion} ...` (`dimr ...` once `pip install -e .`)."""
+"""Command line: `python -m dimr {convert,sample,train,distortion,reproduce} ...` (`dimr ...` once `pip install -e .`)."""
 
 import argparse
 import importlib
@@ -10,6 +10,7 @@ COMMANDS = {
     "sample": ("dimr.sample_cli", "generate images (and per-branch predictions) to PNG files"),
     "train": ("dimr.train", "train a small pixel-space DiMR on the shapes dataset"),
     "distortion": ("dimr.distortion", "measure the distortion rate of a model's samples"),
+    "reproduce": ("dimr.reproduce", "train both lab models from scratch side by side, measure them (and install)"),
 }
 
 
