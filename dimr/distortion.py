@@ -31,7 +31,7 @@ from .classifier import CLASSIFIER_DIR, JUDGE_CLASSES, NONE, load_classifier
 from .data.shapes import CLASS_NAMES, make_dataset, to_uint8
 from .defaults import SHAPES_GUIDANCE, SHAPES_STEPS
 from .grids import save_png, tile
-from .pipeline import DEFAULT_SCHEDULER
+from .pipeline import DEFAULT_SAMPLER
 
 THRESHOLD = 0.5
 REAL_SEED = 2  # real data for the measure: neither the diffusion models' (0) nor the classifier's (1, 3)
@@ -75,7 +75,7 @@ def generated_images(model, num_samples, num_inference_steps=SHAPES_STEPS, guida
 
     from .loading import load_pipeline
 
-    pipe = load_pipeline(model, device=device, scheduler=sampler or DEFAULT_SCHEDULER)
+    pipe = load_pipeline(model, device=device, sampler=sampler or DEFAULT_SAMPLER)
     pipe.set_progress_bar_config(disable=True)
     if pipe.model.config.class_names != CLASS_NAMES:
         raise ValueError(f"model {model!r} was not trained on the shapes classes {CLASS_NAMES} "
@@ -214,7 +214,7 @@ def add_cli_arguments(parser):
     parser.add_argument("--steps", type=int, default=SHAPES_STEPS, help="sampling steps (default: the demo's)")
     parser.add_argument("--guidance", type=float, default=SHAPES_GUIDANCE,
                         help="classifier-free guidance scale (default: the demo's)")
-    parser.add_argument("--sampler", help="a sampler name from dimr.pipeline.SCHEDULERS (default: the pipeline's, dpm-solver-3s)")
+    parser.add_argument("--sampler", help="a sampler name from dimr.pipeline.SAMPLERS (default: the pipeline's, dpm-solver-3s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="flag when p(intended class) < this")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -247,7 +247,7 @@ def cli_main(args):
     else:
         images, labels = generated_images(args.model, args.samples, args.steps, args.guidance, args.sampler,
                                           args.seed, args.batch_size, args.device)
-        settings = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler or DEFAULT_SCHEDULER,
+        settings = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler or DEFAULT_SAMPLER,
                     "seed": args.seed, "samples": args.samples}
         result = distortion_rate(images, labels, classifier, args.threshold, reference)
         result["real"] = {k: floor[k] for k in ("rate", "fid", "precision", "recall", "fid_per_class")}

@@ -215,11 +215,11 @@ def test_a_model_trained_on_another_schedule_is_sampled_on_it(tmp_path):
                                                              "prediction_type": "v_prediction", "thresholding": True}})
     train(config, tmp_path / "run", max_steps=1, export_dir=tmp_path / "export", progress=False)
     for sampler in ("dpm-solver-3s", "ddim"):
-        scheduler = load_pipeline(tmp_path / "export", device="cpu", scheduler=sampler).scheduler
+        scheduler = load_pipeline(tmp_path / "export", device="cpu", sampler=sampler).scheduler
         assert (scheduler.config.beta_schedule, scheduler.config.prediction_type, scheduler.config.thresholding) == \
                ("squaredcos_cap_v2", "v_prediction", True)
     # Euler cannot clip x0 estimates: it keeps the schedule and prediction type and samples unclipped.
-    euler = load_pipeline(tmp_path / "export", device="cpu", scheduler="euler").scheduler
+    euler = load_pipeline(tmp_path / "export", device="cpu", sampler="euler").scheduler
     assert euler.config.prediction_type == "v_prediction" and "thresholding" not in euler.config
 
 
