@@ -35,7 +35,7 @@ CONCURRENT_REQUESTS = 32  # handed to dimr.serving at once: it samples those tha
 # The API's handlers get raw values (preprocess=False), so API callers see the pipeline's own messages (which value,
 # what is allowed) instead of a generic component error. They return plain values only, never gr.update / gr.skip /
 # components for non-State outputs: for each of those Gradio 6.31 builds a component that it keeps in the session's
-# config, so a long-lived client session grew by about 80 KB per request. Layout updates run in browser-only events.
+# config, so a long-lived client session grew with every request. Layout updates run in browser-only events.
 
 # The message of each browser session's last refused request, shown in its status line by a failure event. API
 # clients never trigger that event, so only the latest sessions are kept.

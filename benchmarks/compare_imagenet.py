@@ -6,8 +6,8 @@
 Both models get random weights of the released architectures (speed does not depend on them) in bf16 files
 laid out as the app finds them (DIMR_MODEL = a DiMR directory with vae/, facebook/DiT-XL-2-256 in a Hugging
 Face cache of its own, both in a temporary directory), so a request runs exactly as the app's
-/compare_imagenet does: `dimr.imagenet_compare.stream_comparison` on the demo's device and acceleration mode, DiMR with
-its branch panel and previews, then DiT, both decoded. Per batch: the first request (loading, compilation,
+/compare_imagenet does: `dimr.imagenet_compare.stream_comparison` on the demo's device and acceleration mode, DiMR
+with its branch panel and previews, then DiT, both decoded. Per batch: the first request (loading, compilation,
 CUDA graph capture) and --repeats more, each request's seconds and the GPU memory it allocated at its peak
 beyond what was held before it. Results go to --out (default benchmarks/results/compare-imagenet-<device>.json).
 """
@@ -118,11 +118,12 @@ def main(argv=None):
         report = {"device": info,
                   "settings": {"models": "tiny" if args.tiny else "DiMR-XL/2R + DiT-XL/2, random weights",
                                "steps": args.steps, "batches": args.batches, "repeats": args.repeats,
-                               "acceleration": serving.acceleration_mode(), "dimr_guidance": imagenet_compare.DIMR_GUIDANCE,
-                               "dit_guidance": DIT_GUIDANCE},
+                               "acceleration": serving.acceleration_mode(),
+                               "dimr_guidance": imagenet_compare.DIMR_GUIDANCE, "dit_guidance": DIT_GUIDANCE},
                   "requests": {}}
         for batch in args.batches:
-            request = imagenet_compare.ComparisonRequest.check(classes=list(range(batch)), num_inference_steps=args.steps)
+            request = imagenet_compare.ComparisonRequest.check(classes=list(range(batch)),
+                                                               num_inference_steps=args.steps)
             first, first_peak = run_request(request, device)
             timed = [run_request(request, device) for _ in range(args.repeats)]
             seconds = [s for s, _ in timed]

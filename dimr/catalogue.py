@@ -1,7 +1,7 @@
 """The models the demo offers: their names, classes, branches and starting settings, read from their configs
 without loading (or downloading) weights.
 
-    model_choices()                 # ["tiny-dimr", "tiny-baseline", "DiMR-XL/2R", ...], DIMR_MODEL first when a directory
+    model_choices()                 # ["tiny-dimr", "tiny-baseline", ...], DIMR_MODEL first when it is a directory
     model_labels("tiny-dimr")       # its ClassLabels (dimr.labels): names, synonyms, the class picker's choices()
     model_branches("tiny-dimr")     # ["8x8 transformer (4x4 px patches)", "16x16 ConvNeXt", "32x32 ConvNeXt"]
     default_classes(name), default_guidance(name), default_steps(name)     # what the app starts at

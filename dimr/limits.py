@@ -1,4 +1,5 @@
-"""The demo's limits, in one place: the app's sliders, the request checks (dimr.request) and the README read them.
+"""The demo's limits, in one place: the app's sliders and the request checks (dimr.request) read them, and the
+README states them (tests/test_readme.py checks that it does).
 
 One request holds the device for its whole run: these bound its time and the memory its branch panel keeps.
 """

@@ -98,8 +98,8 @@ def model_files(name_or_path):
     if name_or_path in BUNDLED:
         path = CHECKPOINTS_DIR / name_or_path
         if not (path / "config.json").is_file():
-            raise CheckpointError(f"the bundled model {name_or_path!r} is missing: {path} has no config.json. "
-                                  f"Train it with `python -m dimr train` (see README) or restore checkpoints/ from git.")
+            raise CheckpointError(f"the bundled model {name_or_path!r} is missing: {path} has no config.json. Train "
+                                  f"it with `python -m dimr train` (docs/training.md) or restore checkpoints/ from git.")
         return ModelFiles(path)
     if not (Path(name_or_path) / "config.json").is_file():
         raise CheckpointError(f"unknown model {name_or_path!r}: use one of {', '.join(MODELS)} or a directory "

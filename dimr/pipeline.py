@@ -96,7 +96,8 @@ GUIDANCE_SCHEDULES = ("constant", "power-cosine")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MAX_INFERENCE_STEPS = NUM_TRAIN_TIMESTEPS  # more steps than the training table has cannot be distinct
 # Images per VAE decoder call. Its activations grow with the batch, and the branch panel decodes hundreds of images
-# (16 images x 20 steps x 3 branches): in one call that needs tens of GiB; batches of 8 stay under 1 GiB.
+# (16 images x 20 steps x 3 branches): one call would need all of them at once. `python benchmarks/demo_requests.py
+# --vae-peak` prints the decoder's peak memory per batch size.
 VAE_BATCH_SIZE = 8
 
 

@@ -198,7 +198,8 @@ def measured(rate_of_ring):
 def page_texts(app_module):
     """The header's and the Compare tab's rates table's text, as a freshly built page shows them."""
     page = app_module.build()
-    texts = {block.elem_id: block.value for block in page.blocks.values() if block.elem_id in ("intro", "compare-rates")}
+    texts = {block.elem_id: block.value for block in page.blocks.values()
+             if block.elem_id in ("intro", "compare-rates")}
     return " ".join(texts["intro"].split()), texts["compare-rates"]
 
 

@@ -1,5 +1,5 @@
-"""The ImageNet comparison (dimr.imagenet_compare, dimr.dit) with small random models: a tiny DiTTransformer2DModel laid out
-as facebook/DiT-XL-2-256 in a Hugging Face cache, and a tiny latent DiMR with ImageNet labels as DIMR_MODEL.
+"""The ImageNet comparison (dimr.imagenet_compare, dimr.dit) with small random models: a tiny DiTTransformer2DModel
+laid out as facebook/DiT-XL-2-256 in a Hugging Face cache, and a tiny latent DiMR with ImageNet labels as DIMR_MODEL.
 The DiT loop equals diffusers' DiTPipeline, both sides start from bit-identical noise, the endpoint returns both
 galleries and the branch panel, bad input and missing weights get clear errors at once."""
 
