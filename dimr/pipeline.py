@@ -124,10 +124,6 @@ def noise_settings(scheduler_config):
     return {k: scheduler_config[k] for k in NOISE_SETTINGS if k in scheduler_config}
 
 
-def check_num_inference_steps(num_inference_steps):
-    check_int("num_inference_steps", num_inference_steps, 1, MAX_INFERENCE_STEPS)
-
-
 def check_guidance(guidance_scale, guidance_schedule="constant", guidance_power=1.0):
     if guidance_schedule not in GUIDANCE_SCHEDULES:
         raise ValueError(f"guidance_schedule {guidance_schedule!r} is not one of {', '.join(GUIDANCE_SCHEDULES)}")
@@ -234,7 +230,7 @@ class DiMRPipeline(DiffusionPipeline):
         ids = self.resolve_class_labels(class_labels)
         per_sample = per_sample_guidance(guidance_scale, len(ids))
         check_guidance(1.0 if per_sample else guidance_scale, guidance_schedule, guidance_power)
-        check_num_inference_steps(num_inference_steps)
+        check_int("num_inference_steps", num_inference_steps, 1, MAX_INFERENCE_STEPS)
         check_output_type(output_type)
         if output_type != "latent" and self.vae is None and not self.is_pixel_space:
             raise ValueError(f"output_type={output_type!r} needs a VAE to decode {self.model.config.channels}-channel "

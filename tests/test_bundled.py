@@ -10,6 +10,7 @@ from dimr.distortion import generated_images, judge, stored_result
 from dimr.loading import CHECKPOINTS_DIR, load_pipeline
 from dimr.pipeline import DEFAULT_SAMPLER
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
 BUNDLED = ["tiny-dimr", "tiny-baseline"]
 
 
