@@ -6,8 +6,8 @@
 Both models get random weights of the released architectures (speed does not depend on them) in bf16 files
 laid out as the app finds them (DIMR_MODEL = a DiMR directory with vae/, facebook/DiT-XL-2-256 in a Hugging
 Face cache of its own, both in a temporary directory), so a request runs exactly as the app's
-/compare_imagenet does: `dimr.imagenet_compare.stream` on the demo's device and acceleration mode, DiMR with
-its branch panel and previews, then DiT, both decoded. Per batch: the first request (loading, compilation,
+/compare_imagenet does: `dimr.imagenet_compare.stream_comparison` on the demo's device and acceleration mode, DiMR
+with its branch panel and previews, then DiT, both decoded. Per batch: the first request (loading, compilation,
 CUDA graph capture) and --repeats more, each request's seconds and the GPU memory it allocated at its peak
 beyond what was held before it. Results go to --out (default benchmarks/results/compare-imagenet-<device>.json).
 """
@@ -53,7 +53,7 @@ def write_models(root, tiny):
     from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
     from dimr.config import normalize_official_config, variant_config
-    from dimr.imagenet_compare import DIT_REPO
+    from dimr.dit import DIT_REPO
     from dimr.model import DiMRModel
 
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def run_request(request, device):
         torch.cuda.reset_peak_memory_stats(device)
         held = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
-    comparison = list(imagenet_compare.stream(request))[-1]
+    comparison = list(imagenet_compare.stream_comparison(request))[-1]
     comparison.dit_gallery(), comparison.dimr.gallery(), comparison.dimr.branch_panel()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -112,16 +112,18 @@ def main(argv=None):
                           DIMR_MODEL=str(write_models(root, args.tiny)))
         huggingface_hub.constants.HF_HUB_CACHE = str(root / "hub")
         log(f"random {'tiny' if args.tiny else 'XL'} models written to {root}")
-        from dimr import demo, imagenet_compare
+        from dimr import imagenet_compare, serving
+        from dimr.dit import DIT_GUIDANCE
 
         report = {"device": info,
                   "settings": {"models": "tiny" if args.tiny else "DiMR-XL/2R + DiT-XL/2, random weights",
                                "steps": args.steps, "batches": args.batches, "repeats": args.repeats,
-                               "acceleration": demo.acceleration_mode(), "dimr_guidance": imagenet_compare.DIMR_GUIDANCE,
-                               "dit_guidance": imagenet_compare.DIT_GUIDANCE},
+                               "acceleration": serving.acceleration_mode(),
+                               "dimr_guidance": imagenet_compare.DIMR_GUIDANCE, "dit_guidance": DIT_GUIDANCE},
                   "requests": {}}
         for batch in args.batches:
-            request = imagenet_compare.Request.check(list(range(batch)), num_inference_steps=args.steps)
+            request = imagenet_compare.ComparisonRequest.check(classes=list(range(batch)),
+                                                               num_inference_steps=args.steps)
             first, first_peak = run_request(request, device)
             timed = [run_request(request, device) for _ in range(args.repeats)]
             seconds = [s for s, _ in timed]

@@ -1,4 +1,4 @@
-"""A sequence of varied demo requests through the demo's own request path (`dimr.demo.stream`, branch panel on), as a
+"""A sequence of varied demo requests through the demo's own request path (`dimr.serving.stream`, branch panel on), as a
 freshly started app serves them: wall time and peak memory of each, and whether it was the first of its size.
 
     python benchmarks/demo_requests.py                                   # CPU: a tiny random latent model + VAE
@@ -78,27 +78,28 @@ class PeakMemory:
 
 
 def run_sequence(model_dir, label, sequence, steps, device, warm_up):
-    from dimr import batching, demo
+    from dimr import batching, catalogue, serving
+    from dimr.request import Request
 
     os.environ.update(DIMR_MODEL=str(model_dir), DIMR_DEVICE=str(device))
     if warm_up:
         start = time.perf_counter()
-        load = lambda: demo.load(str(model_dir))  # noqa: E731
+        load = lambda: serving.load(str(model_dir))  # noqa: E731
         load()
         for images, guided in batching.warm_up_batches():
             batching.run_shape(load, images, guided)
         print(f"warm-up (load + {len(batching.warm_up_batches())} network batches): "
               f"{time.perf_counter() - start:.1f} s", flush=True)
-    classes = demo.default_classes(str(model_dir))
+    classes = catalogue.default_classes(str(model_dir))
     rows, seen = [], set()
     for images in sequence:
         per_class = max(1, images // len(classes))
         chosen = classes[: images // per_class]
-        request = demo.Request.check(model=str(model_dir), classes=chosen, images_per_class=per_class,
-                                     num_inference_steps=steps)  # guidance: the model's default
+        request = Request.check(model=str(model_dir), classes=chosen, images_per_class=per_class,
+                                num_inference_steps=steps)  # guidance: the model's default
         with PeakMemory(device) as peak:
             start = time.perf_counter()
-            generation = list(demo.stream(request))[-1]
+            generation = list(serving.stream(request))[-1]
             wall = time.perf_counter() - start
         assert len(generation.images) == images
         rows.append(dict(model=label, images=images, steps=steps, wall_s=round(wall, 3), first=images not in seen,

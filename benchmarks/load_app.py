@@ -75,12 +75,13 @@ def run_batch(client, request, count, concurrency, vary_seed=False):
 
 def default_request(model="tiny-dimr"):
     """The /generate arguments of a visitor who presses Generate without changing anything."""
-    from dimr import demo
+    from dimr import catalogue
+    from dimr.pipeline import DEFAULT_SAMPLER
 
-    labels = demo.model_labels(model)
-    return dict(model=model, classes=[labels.name(c) for c in demo.default_classes(model)], images_per_class=1,
-                guidance_scale=demo.default_guidance(model), guidance_schedule="constant", guidance_power=1.0,
-                num_inference_steps=demo.default_steps(model), seed=0, sampler=demo.DEFAULT_SAMPLER)
+    labels = catalogue.model_labels(model)
+    return dict(model=model, classes=[labels.name(c) for c in catalogue.default_classes(model)], images_per_class=1,
+                guidance_scale=catalogue.default_guidance(model), guidance_schedule="constant", guidance_power=1.0,
+                num_inference_steps=catalogue.default_steps(model), seed=0, sampler=DEFAULT_SAMPLER)
 
 
 def chosen_request(args):

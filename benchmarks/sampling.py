@@ -36,7 +36,7 @@ from dimr.acceleration import accelerate_pipeline, default_mode, mode_dtype
 from dimr.config import REPO_ROOT, normalize_official_config
 from dimr.loading import SD_VAE_CONFIG
 from dimr.model import TimeDependentParameter
-from dimr.pipeline import DEFAULT_SCHEDULER, DiMRPipeline, make_scheduler
+from dimr.pipeline import DEFAULT_SAMPLER, DiMRPipeline, make_scheduler
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, first match wins.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.1)]
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 16 4 1; tiny: 1)")
     parser.add_argument("--steps", type=int, help="sampling steps = model evaluations (default 50; tiny: 2)")
     parser.add_argument("--guidance-scale", type=float, default=1.4)
-    parser.add_argument("--sampler", default=DEFAULT_SCHEDULER, help="our pipeline's sampler")
+    parser.add_argument("--sampler", default=DEFAULT_SAMPLER, help="our pipeline's sampler")
     parser.add_argument("--mode", help="our acceleration mode (default: dimr.acceleration.default_mode)")
     parser.add_argument("--no-compile", action="store_true", help="fast mode without torch.compile")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="fast mode without CUDA graphs")

@@ -3,7 +3,7 @@
 from .config import VARIANTS, variant_config
 from .loading import MODELS, load_pipeline
 from .model import DiMRModel
-from .pipeline import SCHEDULERS, DiMRPipeline, DiMRPipelineOutput
+from .pipeline import SAMPLERS, DiMRPipeline, DiMRPipelineOutput
 
-__all__ = ["DiMRModel", "DiMRPipeline", "DiMRPipelineOutput", "MODELS", "SCHEDULERS", "VARIANTS", "load_pipeline",
+__all__ = ["DiMRModel", "DiMRPipeline", "DiMRPipelineOutput", "MODELS", "SAMPLERS", "VARIANTS", "load_pipeline",
            "variant_config"]

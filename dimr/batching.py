@@ -1,7 +1,7 @@
 """Shared sampling runs: demo requests that wait together for the device sample together, in one pipeline call.
 
     batcher = Batcher(load=lambda request: pipeline, branch_steps=lambda pipe, steps: [step indices])
-    job = batcher.submit(request)                 # a dimr.demo.Request; returns at once
+    job = batcher.submit(request)                 # a dimr.request.Request; returns at once
     while not job.finished.wait(0.4):
         preview = job.take_preview()              # (0-based step, this request's clean estimate [B, H, W, 3]) or None
     out, seconds = job.result()                   # this request's own DiMRPipelineOutput (np images, branch trace)
@@ -18,7 +18,6 @@ Background tasks (`batcher.background(fn)`, e.g. warming up compiled shapes at s
 request waits, one at a time, so a request waits for at most one of them.
 """
 
-import contextlib
 import functools
 import logging
 import os
@@ -29,15 +28,14 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .acceleration import FastNetwork
+from .limits import MAX_IMAGES
 from .pipeline import BranchTrace, DiMRPipelineOutput
 
 logger = logging.getLogger(__name__)
 
-# A shared run holds no more images than the largest single request (dimr.demo.MAX_IMAGES), so it needs no more
-# GPU memory than one request can. Larger runs would not be faster on a CPU either: tiny-dimr, one thread, on a
-# busy 2-core machine sampled 44 image-steps/s at batch 4, 36 at 16 and 24 at 64 (activations outgrow the cache).
-RUN_IMAGES = 16
-CPU_THREADS = torch.get_num_threads()
+# A shared run holds no more images than the largest single request, so it needs no more GPU memory than one
+# request can. Larger runs would not be faster on a CPU either: their activations outgrow the CPU's caches.
+RUN_IMAGES = MAX_IMAGES
 _PREVIEW_DECODE = threading.Lock()
 
 
@@ -108,7 +106,7 @@ class Batcher:
         self._worker_pid = None
 
     def submit(self, request, stop=None, latents=None):
-        """Queue a request (a checked dimr.demo.Request), optionally with its own initial noise; returns its Job."""
+        """Queue a request (a checked dimr.request.Request), optionally with its own initial noise; returns its Job."""
         job = Job(request, stop or threading.Event(), latents)
         with self._changed:
             self._waiting.append(job)
@@ -207,14 +205,13 @@ class Batcher:
                 pipeline.stop()
             return {}
 
-        with sampling_context(pipe):
-            began = time.perf_counter()
-            out = pipe([c for r in distinct for c in r.labels], guidance_scale=guidance,
-                       guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
-                       num_inference_steps=steps, latents=latents, output_type="np", return_branches=True,
-                       branch_steps=self._branch_steps(pipe, steps), callback_on_step_end=on_step,
-                       callback_on_step_end_tensor_inputs=["branch_x0_pred"])
-            seconds = time.perf_counter() - began
+        began = time.perf_counter()
+        out = pipe([c for r in distinct for c in r.labels], guidance_scale=guidance,
+                   guidance_schedule=request.guidance_schedule, guidance_power=request.guidance_power,
+                   num_inference_steps=steps, latents=latents, output_type="np", return_branches=True,
+                   branch_steps=self._branch_steps(pipe, steps), callback_on_step_end=on_step,
+                   callback_on_step_end_tensor_inputs=["branch_x0_pred"])
+        seconds = time.perf_counter() - began
         for job, (a, b) in zip(jobs, spans):
             job._finish((part_of(out, a, b), seconds))
 
@@ -229,21 +226,6 @@ class Batcher:
                     self.background(functools.partial(run_shape, load, images, guided))
 
         self.background(start)
-
-
-@contextlib.contextmanager
-def sampling_context(pipe):
-    """How every run samples: the CPU threads that suit the model (the precision is the acceleration mode's alone,
-    set by the weights' dtype: no autocast)."""
-    dev = pipe.device
-    # Small pixel-space models on a CPU sample with one thread: their operations are too small to split, and
-    # on a busy CPU a thread pool waits for its other threads at every operation (on a 2-core machine shared
-    # with other work: 0.33 s with one thread, 11-24 s with two, for 2 images x 10 steps).
-    torch.set_num_threads(1 if dev.type == "cpu" and pipe.is_pixel_space else CPU_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(CPU_THREADS)
 
 
 def warm_up_batches():
@@ -263,8 +245,7 @@ def run_shape(load, images, guided):
     """One sampling step of `images` samples (with or without guidance), as a run makes it, output not decoded."""
     pipe = load()
     pipe.set_progress_bar_config(disable=True)
-    with sampling_context(pipe):
-        pipe([0] * images, guidance_scale=2.0 if guided else 1.0, num_inference_steps=1, output_type="latent")
+    pipe([0] * images, guidance_scale=2.0 if guided else 1.0, num_inference_steps=1, output_type="latent")
 
 
 def part_of(out, start, stop):
@@ -276,29 +257,3 @@ def part_of(out, start, stop):
                        images=[[images[start:stop] for images in step] for step in trace.images])
     return DiMRPipelineOutput(images=out.images[start:stop], branches=part)
 
-
-# ZeroGPU grants a request's GPU for a `duration` chosen before it runs (a shorter one queues sooner). Seconds per
-# image and step of the network in bf16 with guidance on an H200 (benchmarks/results/nvidia-h200.json: 9.33 images/s
-# at 50 steps in "fast" mode, and "bf16" runs at about 60% of that), and per 256x256 VAE decode (the issue's
-# 16-image request: 4.5 s for 976 decodes); the released models have 3 branches, whose panel decodes 20 steps at most.
-SECONDS_PER_IMAGE_STEP = {"DiMR-XL/2R": 0.0036, "DiMR-G/2R": 0.0075}
-SECONDS_PER_DECODE = 0.005
-GPU_SECONDS_FIXED = 10  # attaching the GPU, moving the weights there
-GPU_SECONDS_MARGIN = 2
-GPU_SECONDS_MAX = 120
-
-
-def gpu_seconds(model, classes, images_per_class, num_inference_steps, max_images=16, max_steps=250):
-    """The GPU time to ask ZeroGPU for one request, from its raw (unchecked) arguments; a value the request's checks
-    will reject counts as the largest allowed, so the estimate never raises."""
-    def bounded(value, high):
-        return min(max(int(value), 1), high) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            else high
-
-    images = bounded(len(classes) if isinstance(classes, (list, tuple)) else 1, max_images) * \
-        bounded(images_per_class, max_images)
-    images, steps = min(images, max_images), bounded(num_inference_steps, max_steps)
-    per_step = SECONDS_PER_IMAGE_STEP.get(model, max(SECONDS_PER_IMAGE_STEP.values()))
-    decodes = images * (3 * min(steps, 20) + 1)
-    work = images * steps * per_step + decodes * SECONDS_PER_DECODE
-    return min(GPU_SECONDS_MAX, round(GPU_SECONDS_FIXED + GPU_SECONDS_MARGIN * work))

@@ -14,7 +14,6 @@ Bundled in checkpoints/shapes-classifier/ (config.json + model.safetensors).
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .atomic import replaced_atomically
 from .data.corruptions import KINDS, corrupt
 from .data.shapes import CLASS_NAMES, colourise, make_dataset, render_coverage, sample_parameters, to_model_range
 from .loading import CHECKPOINTS_DIR
@@ -79,16 +79,13 @@ class ShapesClassifier(nn.Module):
 
 
 def save_classifier(model, out_dir, info):
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    config = {**model.config, "class_names": JUDGE_CLASSES, **info}
-    (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    with replaced_atomically(out_dir) as partial:
+        partial.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  partial / "model.safetensors")
+        config = {**model.config, "class_names": JUDGE_CLASSES, **info}
+        (partial / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    return Path(out_dir)
 
 
 def load_classifier(path=CLASSIFIER_DIR, device="cpu"):

@@ -20,7 +20,6 @@ one fixed seed, so two models are judged on the same noise and classes. The rate
 score interval, which stays inside [0, 1] and is accurate for rates near 0 where the normal approximation is not.
 """
 
-import functools
 import json
 import math
 from pathlib import Path
@@ -28,11 +27,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import caches
 from .classifier import CLASSIFIER_DIR, JUDGE_CLASSES, NONE, load_classifier
 from .data.shapes import CLASS_NAMES, make_dataset, to_uint8
 from .defaults import SHAPES_GUIDANCE, SHAPES_STEPS
 from .grids import save_png, tile
-from .pipeline import DEFAULT_SCHEDULER
+from .pipeline import DEFAULT_SAMPLER
 
 THRESHOLD = 0.5
 REAL_SEED = 2  # real data for the measure: neither the diffusion models' (0) nor the classifier's (1, 3)
@@ -79,7 +79,7 @@ def generated_images(model, num_samples, num_inference_steps=SHAPES_STEPS, guida
 
     from .loading import load_pipeline
 
-    pipe = load_pipeline(model, device=device, scheduler=sampler or DEFAULT_SCHEDULER)
+    pipe = load_pipeline(model, device=device, sampler=sampler or DEFAULT_SAMPLER)
     pipe.set_progress_bar_config(disable=True)
     if pipe.model.config.class_names != CLASS_NAMES:
         raise ValueError(f"model {model!r} was not trained on the shapes classes {CLASS_NAMES} "
@@ -132,10 +132,9 @@ def fine_detail(images, r):
     return (images - coarse).abs().mean(dim=(1, 2, 3)) * 127.5
 
 
-@functools.lru_cache(maxsize=1)
 def bundled_judge():
-    """The bundled judge, loaded once per process."""
-    return load_classifier()
+    """The bundled judge, loaded once per process (dimr.caches)."""
+    return caches.remembered(("judge", str(CLASSIFIER_DIR)), load_classifier)
 
 
 def verdicts(probs, labels, threshold=THRESHOLD):
@@ -276,7 +275,7 @@ def add_cli_arguments(parser):
     parser.add_argument("--steps", type=int, default=SHAPES_STEPS, help="sampling steps (default: the demo's)")
     parser.add_argument("--guidance", type=float, default=SHAPES_GUIDANCE,
                         help="classifier-free guidance scale (default: the demo's)")
-    parser.add_argument("--sampler", help="a sampler name from dimr.pipeline.SCHEDULERS (default: the pipeline's, dpm-solver-3s)")
+    parser.add_argument("--sampler", help="a sampler name from dimr.pipeline.SAMPLERS (default: the pipeline's, dpm-solver-3s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--threshold", type=float, default=THRESHOLD, help="flag when p(intended class) < this")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -309,7 +308,7 @@ def cli_main(args):
     else:
         images, labels, moves = generated_images(args.model, args.samples, args.steps, args.guidance, args.sampler,
                                                  args.seed, args.batch_size, args.device, refinement=True)
-        settings = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler or DEFAULT_SCHEDULER,
+        settings = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler or DEFAULT_SAMPLER,
                     "seed": args.seed, "samples": args.samples}
         result = distortion_rate(images, labels, classifier, args.threshold, reference)
         result["real"] = {k: floor[k] for k in ("rate", "fid", "precision", "recall", "fid_per_class")}

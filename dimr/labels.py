@@ -6,10 +6,10 @@ ImageNet models (no `class_names` in their config) use `assets/imagenet_classes.
 a valid label.
 """
 
-import functools
 import json
 import operator
 
+from . import caches
 from .config import REPO_ROOT
 
 IMAGENET_CLASSES_FILE = REPO_ROOT / "assets" / "imagenet_classes.json"
@@ -35,8 +35,9 @@ class ClassLabels:
         return self.names[class_id][0]
 
     def choices(self):
-        """(display name, id) pairs in id order, e.g. for a dropdown."""
-        return [(f"{i}: {synonyms[0]}", i) for i, synonyms in enumerate(self.names)]
+        """(label, id) pairs in id order for a class picker: the label lists every synonym, so that typing any of
+        them finds the class, e.g. ("tabby, tabby cat (281)", 281)."""
+        return [(f"{', '.join(synonyms)} ({i})", i) for i, synonyms in enumerate(self.names)]
 
     def to_id(self, label):
         """Class id from an int (or digit string), a name or a synonym; ValueError says what is allowed."""
@@ -77,9 +78,12 @@ class ClassLabels:
         return "(e.g. " + ", ".join(repr(s[0]) for s in self.names[:5]) + ")"
 
 
-@functools.lru_cache(maxsize=1)
 def imagenet_labels():
-    """The 1000 ImageNet-1k classes with their synonyms."""
+    """The 1000 ImageNet-1k classes with their synonyms (read once, kept in dimr.caches)."""
+    return caches.remembered(("labels", "imagenet"), _read_imagenet_labels)
+
+
+def _read_imagenet_labels():
     if not IMAGENET_CLASSES_FILE.is_file():
         raise FileNotFoundError(f"{IMAGENET_CLASSES_FILE} is missing; run `python scripts/make_imagenet_classes.py`")
     classes = json.loads(IMAGENET_CLASSES_FILE.read_text())["classes"]

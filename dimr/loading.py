@@ -3,8 +3,9 @@
     pipe = load_pipeline("tiny-dimr")                 # bundled, checkpoints/tiny-dimr/, no VAE
     pipe = load_pipeline("DiMR-XL/2R", device="cuda", torch_dtype=torch.bfloat16)
 
-Networks and VAEs are loaded once per (model, device, dtype) and kept in memory (`clear_cache()` frees them);
-every `load_pipeline` call returns a new pipeline object around the shared modules, with its own scheduler.
+Networks and VAEs are loaded once per (model, device, dtype) and kept in memory (dimr.caches; `caches.clear()`
+frees them); every `load_pipeline` call returns a new pipeline object around the shared modules, with its own
+scheduler.
 `model_files` is the one place a model name becomes files (and `model_config` reads a config without weights).
 Nothing here waits on the network when it is unreachable: a model or VAE that is neither local nor cached
 fails at once with a message that says what to download and where to put it.
@@ -13,16 +14,16 @@ fails at once with a message that says what to download and where to put it.
 import json
 import os
 import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
+from . import caches
 from .config import REPO_ROOT, VARIANTS, variant_config
 from .model import DiMRModel
-from .pipeline import DEFAULT_SCHEDULER, DiMRPipeline, make_scheduler, noise_settings
+from .pipeline import DEFAULT_SAMPLER, DiMRPipeline, make_scheduler, noise_settings
 from .weights import HUB_FILES, HUB_REPO, CheckpointError, converted_dir, ensure_converted
 
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
@@ -47,51 +48,37 @@ SD_VAE_CONFIG = dict(
 
 SCHEDULER_CONFIG = "scheduler_config.json"  # diffusers' file name for a scheduler's settings
 
-_cache = {}
-_cache_lock = threading.Lock()
-
 
 def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_pipeline(name_or_path, device=None, torch_dtype=None, vae=None, scheduler=DEFAULT_SCHEDULER):
+def load_pipeline(name_or_path, device=None, torch_dtype=None, vae=None, sampler=DEFAULT_SAMPLER):
     """A DiMRPipeline for a known name (see MODELS) or a directory holding config.json (+ optional `vae/`).
 
     vae: None = the model's own (bundled models: none; latent models: `vae/` beside the weights, else
     sd-vae-ft-ema from the Hugging Face cache or hub), or a directory / single weights file / AutoencoderKL.
     torch_dtype applies to the network; the VAE gets it too unless it is float16 (the SD VAE overflows in
-    float16), then float32. scheduler: a sampler name from dimr.pipeline.SCHEDULERS, run on the noise settings the
-model was trained with (`trained_noise_settings`).
+    float16), then float32. sampler: a name from dimr.pipeline.SAMPLERS; its scheduler runs on the noise settings
+    the model was trained with (`trained_noise_settings`).
     """
     device = torch.device(device or default_device())
     torch_dtype = torch_dtype or torch.float32
     files = model_files(name_or_path)
-    scheduler = make_scheduler(scheduler, **trained_noise_settings(files.directory))
-    key = (str(files.directory.resolve()), str(device), torch_dtype)
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = _load_model(files, torch_dtype).to(device)
-        model = _cache[key]
+    scheduler = make_scheduler(sampler, **trained_noise_settings(files.directory))
+    model = caches.remembered(("network", str(files.directory.resolve()), str(device), torch_dtype),
+                              lambda: _load_model(files, torch_dtype).to(device))
     if vae is None and model.config.channels != 3:
         vae = files.directory / "vae" if (files.directory / "vae").is_dir() else VAE_REPO
     if vae is not None and not isinstance(vae, torch.nn.Module):
         vae_dtype = torch.float32 if torch_dtype == torch.float16 else torch_dtype
-        vae_key = ("vae", str(vae), str(device), vae_dtype)
-        with _cache_lock:
-            if vae_key not in _cache:
-                # cuDNN's fast path for bf16 convolutions wants channels-last tensors.
-                bf16_on_gpu = device.type == "cuda" and vae_dtype == torch.bfloat16
-                layout = torch.channels_last if bf16_on_gpu else torch.preserve_format
-                _cache[vae_key] = load_vae(vae, vae_dtype).to(device, memory_format=layout)
-            vae = _cache[vae_key]
+        # cuDNN's fast path for bf16 convolutions wants channels-last tensors.
+        bf16_on_gpu = device.type == "cuda" and vae_dtype == torch.bfloat16
+        layout = torch.channels_last if bf16_on_gpu else torch.preserve_format
+        source = vae
+        vae = caches.remembered(("vae", str(source), str(device), vae_dtype),
+                                lambda: load_vae(source, vae_dtype).to(device, memory_format=layout))
     return DiMRPipeline(model=model, vae=vae, scheduler=scheduler)
-
-
-def clear_cache():
-    """Forget every loaded network and VAE (their memory is freed once no pipeline uses them)."""
-    with _cache_lock:
-        _cache.clear()
 
 
 @dataclass(frozen=True)
@@ -111,8 +98,8 @@ def model_files(name_or_path):
     if name_or_path in BUNDLED:
         path = CHECKPOINTS_DIR / name_or_path
         if not (path / "config.json").is_file():
-            raise CheckpointError(f"the bundled model {name_or_path!r} is missing: {path} has no config.json. "
-                                  f"Train it with `python -m dimr train` (see README) or restore checkpoints/ from git.")
+            raise CheckpointError(f"the bundled model {name_or_path!r} is missing: {path} has no config.json. Train "
+                                  f"it with `python -m dimr train` (docs/training.md) or restore checkpoints/ from git.")
         return ModelFiles(path)
     if not (Path(name_or_path) / "config.json").is_file():
         raise CheckpointError(f"unknown model {name_or_path!r}: use one of {', '.join(MODELS)} or a directory "
@@ -135,7 +122,7 @@ def model_config(name_or_path):
 
 def _load_model(files, torch_dtype):
     variant = files.variant
-    if variant is not None and not _released_weights_available(variant) and not _hub_reachable():
+    if variant is not None and not released_weights_available(variant) and not _hub_reachable():
         raise CheckpointError(f"the weights of {variant} are neither converted in {files.directory} "
                               f"nor in the Hugging Face cache, and the hub ({_hub_endpoint()}) cannot be reached "
                               f"(or HF_HUB_OFFLINE is set). "
@@ -145,7 +132,8 @@ def _load_model(files, torch_dtype):
     return DiMRModel.from_pretrained(directory, torch_dtype=torch_dtype).eval()
 
 
-def _released_weights_available(variant):
+def released_weights_available(variant):
+    """True when a released model's weights are here: converted, or in the Hugging Face cache (no download)."""
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(HUB_REPO, HUB_FILES[variant])

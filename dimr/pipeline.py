@@ -57,6 +57,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .checks import check_int
 from .config import NUM_TRAIN_TIMESTEPS
 from .labels import labels_for_model
 
@@ -67,9 +68,10 @@ SD_SCHEDULE = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=0.00085, 
 # Where the official sampler stops: t = 1/1000, i.e. timestep index 0 (sigma 0.029), not sigma = 0. With this
 # endpoint diffusers' solvers converge to the official result (relative L2 < 3e-5 at 250+ steps).
 OFFICIAL_END = dict(final_sigmas_type="sigma_min")
-# Sampler name -> (scheduler class, settings); timesteps are uniform in time (as the official sampler's) unless
-# the name says karras. scripts/compare_schedulers.py measures how close each gets to the official result.
-SCHEDULERS = {
+# Sampler name -> (diffusers scheduler class, settings): a "sampler" is the name a user picks, the scheduler the
+# diffusers object it makes. Timesteps are uniform in time (as the official sampler's) unless the name says karras.
+# scripts/compare_samplers.py measures how close each gets to the official result.
+SAMPLERS = {
     "dpm-solver-3s": (DPMSolverSinglestepScheduler, dict(solver_order=3, algorithm_type="dpmsolver++",
                                                         lower_order_final=True, **OFFICIAL_END)),
     "dpm++2m": (DPMSolverMultistepScheduler, dict(solver_order=2, algorithm_type="dpmsolver++", **OFFICIAL_END)),
@@ -86,15 +88,16 @@ SCHEDULERS = {
     "heun": (HeunDiscreteScheduler, dict()),
 }
 # The official sampler's own method (singlestep DPM-Solver, order 3, data prediction) on its time-uniform grid
-# and endpoint: it converges to the official 250-step result as the steps grow (scripts/compare_schedulers.py
+# and endpoint: it converges to the official 250-step result as the steps grow (scripts/compare_samplers.py
 # prints how close each sampler gets, dpm++2m-karras / unipc-karras being closer at 10-20 steps), and its step
 # needs no device-to-host sync.
-DEFAULT_SCHEDULER = "dpm-solver-3s"
+DEFAULT_SAMPLER = "dpm-solver-3s"
 GUIDANCE_SCHEDULES = ("constant", "power-cosine")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MAX_INFERENCE_STEPS = NUM_TRAIN_TIMESTEPS  # more steps than the training table has cannot be distinct
 # Images per VAE decoder call. Its activations grow with the batch, and the branch panel decodes hundreds of images
-# (16 images x 20 steps x 3 branches): in one call that needs tens of GiB; batches of 8 stay under 1 GiB.
+# (16 images x 20 steps x 3 branches): one call would need all of them at once. `python benchmarks/demo_requests.py
+# --vae-peak` prints the decoder's peak memory per batch size.
 VAE_BATCH_SIZE = 8
 
 
@@ -105,13 +108,13 @@ NOISE_SETTINGS = ("beta_schedule", "beta_start", "beta_end", "prediction_type", 
                   "dynamic_thresholding_ratio")
 
 
-def make_scheduler(name=DEFAULT_SCHEDULER, **overrides):
+def make_scheduler(name=DEFAULT_SAMPLER, **overrides):
     """A fresh diffusers scheduler by sampler name, on DiMR's training schedule unless overridden.
 
     Settings the sampler does not have are left out (Euler and Heun cannot clip x0: they sample unclipped)."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls, settings = SCHEDULERS[name]
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    cls, settings = SAMPLERS[name]
     known = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in {**SD_SCHEDULE, **settings, **overrides}.items() if k in known})
 
@@ -119,13 +122,6 @@ def make_scheduler(name=DEFAULT_SCHEDULER, **overrides):
 def noise_settings(scheduler_config):
     """The NOISE_SETTINGS of a scheduler config (a dict, as in scheduler_config.json)."""
     return {k: scheduler_config[k] for k in NOISE_SETTINGS if k in scheduler_config}
-
-
-def check_num_inference_steps(num_inference_steps):
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-        raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
-    if not 1 <= num_inference_steps <= MAX_INFERENCE_STEPS:
-        raise ValueError(f"num_inference_steps={num_inference_steps} is out of range: use 1..{MAX_INFERENCE_STEPS}")
 
 
 def check_guidance(guidance_scale, guidance_schedule="constant", guidance_power=1.0):
@@ -234,7 +230,7 @@ class DiMRPipeline(DiffusionPipeline):
         ids = self.resolve_class_labels(class_labels)
         per_sample = per_sample_guidance(guidance_scale, len(ids))
         check_guidance(1.0 if per_sample else guidance_scale, guidance_schedule, guidance_power)
-        check_num_inference_steps(num_inference_steps)
+        check_int("num_inference_steps", num_inference_steps, 1, MAX_INFERENCE_STEPS)
         check_output_type(output_type)
         if output_type != "latent" and self.vae is None and not self.is_pixel_space:
             raise ValueError(f"output_type={output_type!r} needs a VAE to decode {self.model.config.channels}-channel "
@@ -277,8 +273,8 @@ class DiMRPipeline(DiffusionPipeline):
 
         # Everything the loop needs is computed here, so the loop itself never waits for the device.
         # [S, samples]: one column per sample for a per-sample guidance_scale, one column shared by all otherwise.
-        scales = per_sample_guidance(guidance_scale, len(ids)) or [guidance_scale]
-        weights = [guidance_weights(timesteps, s, guidance_schedule, guidance_power) for s in scales]
+        guidance_scales = per_sample_guidance(guidance_scale, len(ids)) or [guidance_scale]
+        weights = [guidance_weights(timesteps, s, guidance_schedule, guidance_power) for s in guidance_scales]
         do_guidance = any(w != 1 for column in weights for w in column)
         weight_t = torch.tensor(weights, device=device, dtype=torch.float32).T.reshape(len(timesteps), -1, 1, 1, 1)
         model_t = torch.tensor(timesteps, device=device, dtype=torch.float32)
@@ -294,8 +290,8 @@ class DiMRPipeline(DiffusionPipeline):
 
         want = set(callback_on_step_end_tensor_inputs or ()) if callback_on_step_end else set()
         trace_branches = return_branches or bool(want & {"branch_noise_pred", "branch_x0_pred"})
-        scales = self.model.branch_scales
-        trace_eps, trace_x0 = [[] for _ in scales], [[] for _ in scales]
+        branch_scales = self.model.branch_scales
+        trace_eps, trace_x0 = [[] for _ in branch_scales], [[] for _ in branch_scales]
         # Checked before sampling, so a bad step index fails at once.
         image_steps = branch_step_indices(len(timesteps), branch_steps) if return_branches else []
         self._interrupt = False
@@ -314,7 +310,7 @@ class DiMRPipeline(DiffusionPipeline):
                 noise_pred = branches[-1]
                 if trace_branches:
                     x0s = [branch_x0(model_input, out, scale, abar[i], prediction_type)
-                           for out, scale in zip(branches, scales)]
+                           for out, scale in zip(branches, branch_scales)]
                     for l, (eps, x0) in enumerate(zip(branches, x0s)):
                         trace_eps[l].append(eps)
                         trace_x0[l].append(x0)
@@ -330,7 +326,7 @@ class DiMRPipeline(DiffusionPipeline):
 
         trace = None
         if return_branches:
-            trace = BranchTrace(timesteps=timesteps[: len(trace_eps[0])], scales=scales,
+            trace = BranchTrace(timesteps=timesteps[: len(trace_eps[0])], scales=branch_scales,
                                 noise_pred=[torch.stack(eps) for eps in trace_eps],
                                 x0_pred=[torch.stack(x0) for x0 in trace_x0])
             if output_type != "latent":
@@ -342,11 +338,6 @@ class DiMRPipeline(DiffusionPipeline):
         if not return_dict:
             return (images, trace)
         return DiMRPipelineOutput(images=images, branches=trace)
-
-    @property
-    def interrupt(self):
-        """True once `stop()` was called during this run."""
-        return getattr(self, "_interrupt", False)
 
     def stop(self):
         """Stop the running sampling call after the current step (call it from callback_on_step_end)."""
@@ -401,10 +392,7 @@ def branch_step_indices(num_steps, steps=None):
     """Step indices into a BranchTrace of num_steps steps, negative ones counted from the end; None = all."""
     if steps is None:
         return list(range(num_steps))
-    for step in steps:
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not -num_steps <= step < num_steps:
-            raise ValueError(f"branch step {step!r} is not a step index in 0..{num_steps - 1} (or -1..-{num_steps})")
-    return [int(step) % num_steps for step in steps]
+    return [check_int("branch step", step, -num_steps, num_steps - 1) % num_steps for step in steps]
 
 
 def alpha_bar(scheduler, timesteps):

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import replaced_atomically
 from .config import REPO_ROOT
 from .distortion import STORED_RESULT
 from .loading import CHECKPOINTS_DIR
@@ -125,12 +126,10 @@ def install(out):
     """Replace the bundled models (and their README grids) with the reproduced ones."""
     for name in MODELS:
         target = CHECKPOINTS_DIR / name
-        partial = target.with_name(name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(out / name / "model", partial)
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-        shutil.copyfile(out / name / "grid.png", REPO_ROOT / "assets" / f"shapes_{name.replace('-', '_')}.png")
+        with replaced_atomically(target) as partial:
+            shutil.copytree(out / name / "model", partial)
+        with replaced_atomically(REPO_ROOT / "assets" / f"shapes_{name.replace('-', '_')}.png") as partial:
+            shutil.copyfile(out / name / "grid.png", partial)
         print(f"installed {target}")
 
 

@@ -18,7 +18,7 @@ from .acceleration import MODES, accelerate_pipeline, default_mode, mode_dtype
 from .data.shapes import to_uint8
 from .grids import save_png, tile
 from .loading import MODELS, load_pipeline
-from .pipeline import DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS
+from .pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
 
 
 def add_cli_arguments(parser):
@@ -36,7 +36,7 @@ def add_cli_arguments(parser):
                              f"models, {defaults.SHAPES_GUIDANCE:g} for the shapes models)")
     parser.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default="constant")
     parser.add_argument("--guidance-power", type=float, default=1.0, help="p of the power-cosine schedule")
-    parser.add_argument("--sampler", choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER)
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG with the samples in a row")
     parser.add_argument("--branches", type=Path, help="also write every branch's clean estimate over time here")
@@ -56,7 +56,7 @@ def cli_main(args):
     if args.branch_steps < 1:
         raise ValueError(f"--branch-steps must be at least 1, got {args.branch_steps}")
     pipe = accelerate_pipeline(
-        load_pipeline(args.model, device=device, torch_dtype=mode_dtype(mode), vae=args.vae, scheduler=args.sampler),
+        load_pipeline(args.model, device=device, torch_dtype=mode_dtype(mode), vae=args.vae, sampler=args.sampler),
         mode,
     )
     num_classes = len(pipe.labels)

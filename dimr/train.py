@@ -32,7 +32,6 @@ import contextlib
 import copy
 import json
 import math
-import shutil
 import signal
 import threading
 import time
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import replaced_atomically
 from .config import REPO_ROOT
 from .data.shapes import make_dataset, to_model_range
 from .grids import class_grid, save_png
@@ -158,22 +158,15 @@ class Trainer:
 
     def save_checkpoint(self):
         """Write the resumable state next to the previous one, then swap, so a kill never leaves half a checkpoint."""
-        tmp = self.run_dir / "checkpoint.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
-        save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, tmp / "ema.safetensors")
-        save_file({"generator": self.generator.get_state()}, tmp / "rng.safetensors")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        state = {"step": self.step, "train_seconds": self.train_seconds, "device": self.device.type,
-                 "config": self.config, "init_from": self.init_from}
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        old = self.run_dir / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if self.checkpoint_dir.exists():
-            self.checkpoint_dir.rename(old)
-        tmp.rename(self.checkpoint_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with replaced_atomically(self.checkpoint_dir) as tmp:
+            tmp.mkdir()
+            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
+            save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()}, tmp / "ema.safetensors")
+            save_file({"generator": self.generator.get_state()}, tmp / "rng.safetensors")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            state = {"step": self.step, "train_seconds": self.train_seconds, "device": self.device.type,
+                     "config": self.config, "init_from": self.init_from}
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
 
     def load_checkpoint(self):
         """Continue from run_dir/checkpoint; the model and data sections must match the saved run."""
@@ -206,28 +199,25 @@ class Trainer:
         keeps that model's sessions and totals, so the history of the weights is never lost.
         """
         out_dir = Path(out_dir)
-        tmp = out_dir.with_name(out_dir.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        export_model = copy.deepcopy(self.ema).to("cpu", memory_format=torch.contiguous_format)
-        export_model.save_pretrained(tmp, safe_serialization=True)
-        self.scheduler().save_config(tmp)
-        t = self.config["train"]
-        info = {"config": self.config["name"], "steps": self.step, "batch_size": t["batch_size"],
-                "images_seen": self.step * t["batch_size"], "train_minutes": round(self.train_seconds / 60, 2),
-                "device": device_name(self.device), "lr": t["lr"], "warmup_steps": t["warmup_steps"],
-                "decay_steps": t["decay_steps"]}
-        previous = Path(self.init_from or "") / "training.json"
-        if self.init_from and previous.is_file():
-            before = json.loads(previous.read_text())
-            sessions = before.get("sessions") or [before]
-            session = {**info, "init_from": str(self.init_from)}
-            info["sessions"] = [*sessions, {k: v for k, v in session.items() if k != "config"}]
-            info["total_steps"] = sum(x["steps"] for x in info["sessions"])
-            info["total_images_seen"] = sum(x["steps"] * x["batch_size"] for x in info["sessions"])
-            info["total_train_minutes"] = round(sum(x["train_minutes"] for x in info["sessions"]), 2)
-        (tmp / "training.json").write_text(json.dumps(info, indent=1) + "\n")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
+        with replaced_atomically(out_dir) as tmp:
+            export_model = copy.deepcopy(self.ema).to("cpu", memory_format=torch.contiguous_format)
+            export_model.save_pretrained(tmp, safe_serialization=True)
+            self.scheduler().save_config(tmp)
+            t = self.config["train"]
+            info = {"config": self.config["name"], "steps": self.step, "batch_size": t["batch_size"],
+                    "images_seen": self.step * t["batch_size"], "train_minutes": round(self.train_seconds / 60, 2),
+                    "device": device_name(self.device), "lr": t["lr"], "warmup_steps": t["warmup_steps"],
+                    "decay_steps": t["decay_steps"]}
+            previous = Path(self.init_from or "") / "training.json"
+            if self.init_from and previous.is_file():
+                before = json.loads(previous.read_text())
+                sessions = before.get("sessions") or [before]
+                session = {**info, "init_from": str(self.init_from)}
+                info["sessions"] = [*sessions, {k: v for k, v in session.items() if k != "config"}]
+                info["total_steps"] = sum(x["steps"] for x in info["sessions"])
+                info["total_images_seen"] = sum(x["steps"] * x["batch_size"] for x in info["sessions"])
+                info["total_train_minutes"] = round(sum(x["train_minutes"] for x in info["sessions"]), 2)
+            (tmp / "training.json").write_text(json.dumps(info, indent=1) + "\n")
         return out_dir
 
 

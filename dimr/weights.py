@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import replaced_atomically
 from .config import normalize_official_config, variant_config
 from .model import DiMRModel
 
@@ -104,16 +105,9 @@ def convert(pth_path, variant, out_dir):
     state = read_official_checkpoint(pth_path)
     model = from_official(variant_config(variant), state, source=str(pth_path))
     model.register_to_config(variant=variant)
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    model.save_pretrained(tmp, safe_serialization=True)
-    # Rename last so an interrupted conversion never looks finished.
-    if out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    with replaced_atomically(out_dir) as partial:  # an interrupted conversion never looks finished
+        model.save_pretrained(partial, safe_serialization=True)
+    return Path(out_dir)
 
 
 def download_official(variant):

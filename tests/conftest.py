@@ -1,14 +1,20 @@
+"""What the tests share: the golden files of the official code, small random models, a single CPU thread for tiny
+models, running a script as a user would, and the isolation every test gets (offline, caches of its own)."""
+
+import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
-from dimr.config import NUM_TRAIN_TIMESTEPS
-
+ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
-GOLDEN = ["two_branch", "three_branch"]
 
 
 class Golden:
@@ -33,18 +39,84 @@ class Golden:
         return self.tensors[key]
 
 
-def timestep_from_log_snr(log_snr):
-    """Inverse of the official time input log_snr = 8 n / 1000 - 4, with n = k + 1."""
-    return (log_snr + 4) / 8 * NUM_TRAIN_TIMESTEPS - 1
+@pytest.fixture(autouse=True)
+def _no_network_and_isolated_cache(monkeypatch, tmp_path):
+    from dimr import caches
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DIMR_CACHE", str(tmp_path / "dimr-cache"))
+    torch.manual_seed(0)
+    yield
+    caches.clear()  # no loaded model carried from one test to the next
 
 
-@pytest.fixture(params=GOLDEN)
+@pytest.fixture(scope="session")
+def golden_file():
+    """Golden(name): a golden file by name ("two_branch", "three_branch")."""
+    return Golden
+
+
+@pytest.fixture(params=["two_branch", "three_branch"])
 def golden(request):
     return Golden(request.param)
 
 
-@pytest.fixture(autouse=True)
-def _no_network_and_isolated_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("DIMR_CACHE", str(tmp_path / "dimr-cache"))
+@pytest.fixture(scope="module")
+def two_branch():
+    """The two-branch golden model's file: a latent DiMR (4x16x16 latents) with ImageNet's 1000 classes + null."""
+    return Golden("two_branch")
+
+
+@pytest.fixture
+def tiny_pixel_model():
+    """A randomly initialised 3-branch pixel-space model (16x16 RGB) with named classes circle, square, triangle
+    (synonym tri)."""
+    from dimr import DiMRModel
+    from dimr.config import normalize_official_config
+
+    config = copy.deepcopy(Golden("three_branch").config)
+    config["channels"] = 3
+    config["num_classes"] = 4
+    for stage in config["stage_configs"]:
+        stage["num_classes"] = config["num_classes"]
     torch.manual_seed(0)
+    return DiMRModel(**normalize_official_config(config), class_names=["circle", "square", ["triangle", "tri"]]).eval()
+
+
+@pytest.fixture
+def tiny_vae():
+    """A randomly initialised AutoencoderKL with 4 latent channels that decodes 16x16 latents to 32x32 images."""
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4,
+                         latent_channels=4, sample_size=32).eval()
+
+
+@pytest.fixture
+def pixel_dir(tmp_path, tiny_pixel_model):
+    """tiny_pixel_model saved as a model directory (config.json + safetensors)."""
+    tiny_pixel_model.save_pretrained(tmp_path / "pixel")
+    return tmp_path / "pixel"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: one thread is fastest, and avoids thrashing when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def run_script():
+    """run_script("benchmarks/x.py", "--flag", ...): the script's stdout, run as a user runs it from the repository
+    root (the package importable whether installed or not); a failure shows its output."""
+    def run(*args, timeout=300):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    return run

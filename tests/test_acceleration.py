@@ -10,7 +10,6 @@ import logging
 
 import pytest
 import torch
-from conftest import Golden
 
 from dimr.acceleration import MODES, accelerate_pipeline, default_mode, fast_network, mode_dtype
 from dimr.pipeline import DiMRPipeline, make_scheduler
@@ -39,8 +38,8 @@ def broken_backend(graph_module, example_inputs):
 
 
 @pytest.fixture
-def model():
-    return Golden("two_branch").model()
+def model(two_branch):
+    return two_branch.model()
 
 
 def inputs(model, batch=2):

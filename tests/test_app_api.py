@@ -120,6 +120,8 @@ BAD_REQUESTS = {
     "fractional steps": (dict(num_inference_steps=2.5), "num_inference_steps must be an integer, got 2.5"),
     "steps as text": (dict(num_inference_steps="many"), "num_inference_steps must be an integer, got 'many'"),
     "negative guidance": (dict(guidance_scale=-1), "guidance_scale=-1 is negative"),
+    "more guidance than the demo allows": (dict(guidance_scale=12), "guidance_scale=12 is more than the demo allows: "
+                                                                     "use 0..10"),
     "guidance as text": (dict(guidance_scale="strong"), "guidance_scale must be a finite number, got 'strong'"),
     "unknown schedule": (dict(guidance_schedule="linear"), "guidance_schedule 'linear' is not one of constant, "
                                                            "power-cosine"),
@@ -193,20 +195,26 @@ def measured(rate_of_ring):
             "per_class": {"ring": [rate_of_ring, 10], "star": [0, 10]}}
 
 
+def page_texts(app_module):
+    """The header's and the Compare tab's rates table's text, as a freshly built page shows them."""
+    page = app_module.build()
+    texts = {block.elem_id: block.value for block in page.blocks.values()
+             if block.elem_id in ("intro", "compare-rates")}
+    return " ".join(texts["intro"].split()), texts["compare-rates"]
+
+
 def test_the_page_shows_the_measured_distortion_or_says_it_is_not_measured_yet(app_module, monkeypatch):
-    from dimr import demo
+    from dimr import lab
 
-    def intro():
-        return " ".join(app_module.intro().split())
+    monkeypatch.setattr(lab, "measured_distortion", lambda name: None)
+    intro, table = page_texts(app_module)
+    assert "tiny DiMR not measured yet" in intro
+    assert "not measured yet for tiny-dimr and tiny-baseline" in table
 
-    monkeypatch.setattr(demo, "measured_distortion", lambda name: None)
-    assert "tiny DiMR not measured yet" in intro()
-    assert "not measured yet for tiny-dimr and tiny-baseline" in app_module.rates_table()
-
-    monkeypatch.setattr(demo, "measured_distortion", lambda name: measured(1 if name == "tiny-dimr" else 4))
-    assert "tiny DiMR 5.0% (1 of 20 samples)" in intro() and "baseline 20.0% (4 of 20 samples)" in intro()
-    assert "29.2%" in intro()  # the paper's number beside the lab's
-    table = app_module.rates_table()
+    monkeypatch.setattr(lab, "measured_distortion", lambda name: measured(1 if name == "tiny-dimr" else 4))
+    intro, table = page_texts(app_module)
+    assert "tiny DiMR 5.0% (1 of 20 samples)" in intro and "baseline 20.0% (4 of 20 samples)" in intro
+    assert "29.2%" in intro  # the paper's number beside the lab's
     assert "20 samples per model, 25 steps of dpm-solver-3s, guidance 3, seed 0" in table
     assert "| ring | 1/10 (10%) | 4/10 (40%) |" in table and "| star | 0/10 (0%) | 0/10 (0%) |" in table
 
@@ -214,7 +222,13 @@ def test_the_page_shows_the_measured_distortion_or_says_it_is_not_measured_yet(a
 def test_handler_inputs_follow_the_handlers_parameter_names(app_module):
     components = {name: f"<{name}>" for name in ("seed", "model", "classes", "sampler", "images_per_class",
                                                  "guidance_scale", "guidance_schedule", "guidance_power",
-                                                 "num_inference_steps")}
-    assert app_module.inputs_for(app_module.generate, components) == [
+                                                 "num_inference_steps", "panel_view", "status")}
+
+    def trigger(fn, inputs, outputs, **options):
+        return inputs
+
+    assert app_module.on(trigger, app_module.generate, components, None) == [
         "<model>", "<classes>", "<images_per_class>", "<guidance_scale>", "<guidance_schedule>", "<guidance_power>",
         "<num_inference_steps>", "<seed>", "<sampler>"]
+    with pytest.raises(KeyError, match="generation"):  # a handler's input without a component fails at build time
+        app_module.on(trigger, app_module.fit_panel, components, None)

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from dimr import DiMRPipeline, batching
-from dimr.demo import Request
-from test_pipeline import tiny_pixel_model
+from dimr.request import Request
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = DiMRPipeline(tiny_pixel_model())
+@pytest.fixture
+def pipe(tiny_pixel_model):
+    pipe = DiMRPipeline(tiny_pixel_model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -140,10 +140,10 @@ def test_equal_requests_are_sampled_once_and_each_gets_the_images(pipe, monkeypa
     np.testing.assert_allclose(outs[0].images, alone(pipe, same[0]).images, atol=1e-5)
 
 
-def test_warm_up_loads_and_runs_every_network_batch_a_run_can_make_once():
+def test_warm_up_loads_and_runs_every_network_batch_a_run_can_make_once(tiny_pixel_model):
     from dimr.acceleration import fast_network
 
-    pipe = DiMRPipeline(tiny_pixel_model())
+    pipe = DiMRPipeline(tiny_pixel_model)
     pipe.network = network = fast_network(pipe.model, compile=False)
     loads = []
     batcher = batching.Batcher(load=None, branch_steps=None)
@@ -162,28 +162,6 @@ def test_a_pipeline_that_is_not_compiled_is_only_loaded(pipe):
     loaded = threading.Event()
     batching.Batcher(load=None, branch_steps=None).warm_up(lambda: loaded.set() or pipe)
     assert loaded.wait(30)
-
-
-@pytest.mark.parametrize("model, classes, per_class, steps, expected", [
-    ("DiMR-XL/2R", [1, 2, 3, 4], 1, 25, 13),       # the demo's default request
-    ("DiMR-XL/2R", [1, 2, 3, 4], 4, 250, 49),      # the largest request
-    ("DiMR-G/2R", [1, 2, 3, 4], 4, 250, 80),
-    ("DiMR-G/2R", "not a list", "x", None, 80),    # raw values the checks will reject: the largest estimate
-    ("DiMR-G/2R", [1] * 40, 99, 10**6, 80),
-])
-def test_zero_gpu_duration_grows_with_the_request_and_never_fails(model, classes, per_class, steps, expected):
-    assert batching.gpu_seconds(model, classes, per_class, steps) == expected
-
-
-def test_zero_gpu_samples_in_bf16_without_compilation(monkeypatch):
-    from dimr import demo
-
-    monkeypatch.delenv("DIMR_ACCELERATION", raising=False)
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    assert demo.acceleration_mode() == "bf16"
-    monkeypatch.setenv("SPACES_ZERO_GPU", "")
-    monkeypatch.setenv("DIMR_DEVICE", "cuda")
-    assert demo.acceleration_mode() == "fast"
 
 
 def test_a_failed_run_reaches_all_its_requesters_and_the_worker_goes_on(pipe):

@@ -7,29 +7,16 @@ einops); without them it is skipped.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import Golden
 
 from dimr.config import REPO_ROOT
 
 OFFICIAL = REPO_ROOT / ".official"
 
 
-def run_script(*args):
-    # PYTHONPATH: the scripts import the package, installed or not (`pip install -e .` is not needed for tests).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def test_sampling_benchmark_runs_on_cpu_and_writes_its_numbers(tmp_path):
+def test_sampling_benchmark_runs_on_cpu_and_writes_its_numbers(tmp_path, run_script):
     out = tmp_path / "cpu.json"
     stdout = run_script("benchmarks/sampling.py", "--tiny", "--device", "cpu", "--out", str(out))
     report = json.loads(out.read_text())
@@ -57,14 +44,14 @@ def test_the_error_check_measures_the_difference_and_flags_a_wrong_result():
     assert not compare(broken, reference)["finite"] and not compare(broken, reference)["within_tolerance"]
 
 
-def test_forward_benchmark_prints_ours_next_to_the_official_way():
+def test_forward_benchmark_prints_ours_next_to_the_official_way(run_script):
     stdout = run_script("benchmarks/forward_cpu.py", "--tiny", "--warmup", "0", "--repeats", "1")
     for row in ("ours, inference_mode", "ours, grad enabled", "official style, grad enabled", "official style, no_grad"):
         assert f"| {row} |" in stdout
 
 
 @pytest.mark.skipif(not (OFFICIAL / "dpm_solver.py").is_file(), reason="no local copy of the official repo in .official/")
-def test_official_path_reproduces_the_official_sampler_and_network():
+def test_official_path_reproduces_the_official_sampler_and_network(two_branch):
     pytest.importorskip("timm")
     pytest.importorskip("einops")
     from official_path import OfficialCode
@@ -72,7 +59,7 @@ def test_official_path_reproduces_the_official_sampler_and_network():
     from dimr.config import normalize_official_config
 
     official = OfficialCode(OFFICIAL)
-    golden = Golden("two_branch")
+    golden = two_branch
     nnet = official.model(normalize_official_config(golden.config), golden.state_dict, "cpu")
     with torch.no_grad():
         branches = nnet(golden["in.x"], log_snr=golden["in.log_snr"], y=golden["in.y"])

@@ -1,5 +1,5 @@
-"""The ImageNet comparison (dimr.imagenet_compare) with small random models: a tiny DiTTransformer2DModel laid out
-as facebook/DiT-XL-2-256 in a Hugging Face cache, and a tiny latent DiMR with ImageNet labels as DIMR_MODEL.
+"""The ImageNet comparison (dimr.imagenet_compare, dimr.dit) with small random models: a tiny DiTTransformer2DModel
+laid out as facebook/DiT-XL-2-256 in a Hugging Face cache, and a tiny latent DiMR with ImageNet labels as DIMR_MODEL.
 The DiT loop equals diffusers' DiTPipeline, both sides start from bit-identical noise, the endpoint returns both
 galleries and the branch panel, bad input and missing weights get clear errors at once."""
 
@@ -12,12 +12,12 @@ import torch
 from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 from PIL import Image
 
-from conftest import Golden
-from dimr import demo, imagenet_compare
-from dimr.imagenet_compare import DIT_REPO, Request, dit_decode, dit_denoise, initial_noise, stream
-from dimr.loading import clear_cache
+from dimr import dit, imagenet_compare
+from dimr.dit import DIT_REPO, dit_decode, dit_denoise
+from dimr.imagenet_compare import ComparisonRequest, initial_noise, stream_comparison
 from dimr.weights import CheckpointError
-from test_pipeline import one_thread, tiny_vae  # noqa: F401  (one_thread: autouse, the models are tiny)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
 
 REVISION = "0" * 40
 LATENT_SHAPE = (4, 16, 16)  # the golden two-branch DiMR's latents; the tiny VAE decodes them to 32x32
@@ -35,24 +35,15 @@ def dit_scheduler():
     return DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False)
 
 
-def put_dit_in_hub_cache(hub_cache, transformer):
+def put_dit_in_hub_cache(hub_cache, transformer, vae):
     """facebook/DiT-XL-2-256 as huggingface_hub caches it (weights as .bin files, like the repo's main branch)."""
     repo_dir = hub_cache / f"models--{DIT_REPO.replace('/', '--')}"
     (repo_dir / "refs").mkdir(parents=True)
     (repo_dir / "refs" / "main").write_text(REVISION)
     snapshot = repo_dir / "snapshots" / REVISION
     transformer.save_pretrained(snapshot / "transformer", safe_serialization=False)
-    tiny_vae().save_pretrained(snapshot / "vae", safe_serialization=False)
+    vae.save_pretrained(snapshot / "vae", safe_serialization=False)
     dit_scheduler().save_pretrained(snapshot / "scheduler")
-
-
-@pytest.fixture(autouse=True)
-def fresh_caches():
-    clear_cache()
-    imagenet_compare.clear_dit_cache()
-    yield
-    clear_cache()
-    imagenet_compare.clear_dit_cache()
 
 
 @pytest.fixture
@@ -64,30 +55,31 @@ def hub_cache(tmp_path, monkeypatch):
     return cache
 
 
-def save_tiny_imagenet_dimr(directory):
-    """A latent DiMR with ImageNet labels (1001 classes with the null class) and its VAE in vae/."""
-    Golden("two_branch").model().save_pretrained(directory)
-    tiny_vae().save_pretrained(directory / "vae")
-    return directory
+@pytest.fixture
+def imagenet_dimr(tmp_path, two_branch, tiny_vae):
+    """A directory with a latent DiMR with ImageNet labels (1001 classes with the null class) and its VAE in vae/."""
+    two_branch.model().save_pretrained(tmp_path / "dimr")
+    tiny_vae.save_pretrained(tmp_path / "dimr" / "vae")
+    return str(tmp_path / "dimr")
 
 
 @pytest.fixture
-def tiny_setup(tmp_path, hub_cache, monkeypatch):
+def tiny_setup(imagenet_dimr, hub_cache, tiny_vae, monkeypatch):
     """DIMR_MODEL = a tiny ImageNet DiMR; the tiny DiT in the hub cache; everything on the CPU."""
-    monkeypatch.setenv("DIMR_MODEL", str(save_tiny_imagenet_dimr(tmp_path / "dimr")))
+    monkeypatch.setenv("DIMR_MODEL", imagenet_dimr)
     monkeypatch.setenv("DIMR_DEVICE", "cpu")
-    put_dit_in_hub_cache(hub_cache, tiny_dit())
+    put_dit_in_hub_cache(hub_cache, tiny_dit(), tiny_vae)
 
 
 def run(request):
-    updates = list(stream(request))
-    assert all(isinstance(u, imagenet_compare.Progress) for u in updates[:-1])
+    updates = list(stream_comparison(request))
+    assert all(isinstance(u, imagenet_compare.ComparisonProgress) for u in updates[:-1])
     return updates
 
 
 @pytest.mark.parametrize("guidance_scale", [4.0, 1.0])
-def test_the_dit_loop_gives_diffusers_dit_pipeline_images_bit_for_bit(guidance_scale):
-    pipe = DiTPipeline(transformer=tiny_dit(), vae=tiny_vae(), scheduler=dit_scheduler())
+def test_the_dit_loop_gives_diffusers_dit_pipeline_images_bit_for_bit(guidance_scale, tiny_vae):
+    pipe = DiTPipeline(transformer=tiny_dit(), vae=tiny_vae, scheduler=dit_scheduler())
     pipe.set_progress_bar_config(disable=True)
     expected = pipe([1, 207], guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(3),
                     num_inference_steps=4, output_type="pt").images
@@ -97,8 +89,9 @@ def test_the_dit_loop_gives_diffusers_dit_pipeline_images_bit_for_bit(guidance_s
 
 
 def test_both_models_start_from_bit_identical_noise(tiny_setup, monkeypatch):
-    request = Request.check(["golden retriever", 88], images_per_class=2, num_inference_steps=3, seed=5)
-    dimr_pipe, dit_pipe = imagenet_compare.load(request)
+    request = ComparisonRequest.check(classes=["golden retriever", 88], images_per_class=2, num_inference_steps=3,
+                                      seed=5)
+    dimr_pipe, dit_pipe = imagenet_compare.load_comparison(request)
     first_inputs = {}
 
     def recording(name, network):
@@ -121,7 +114,7 @@ def test_both_models_start_from_bit_identical_noise(tiny_setup, monkeypatch):
 
 
 def test_a_comparison_returns_both_galleries_and_the_branch_panel(tiny_setup):
-    request = Request.check([207, "macaw"], num_inference_steps=3, seed=1, patch_grid=True)
+    request = ComparisonRequest.check(classes=[207, "macaw"], num_inference_steps=3, seed=1, patch_grid=True)
     updates = run(request)
     models = [u.model for u in updates[:-1]]
     assert models[-1] == "DiT-XL/2" and models.count("DiT-XL/2") == 3
@@ -133,7 +126,7 @@ def test_a_comparison_returns_both_galleries_and_the_branch_panel(tiny_setup):
     assert not np.array_equal(np.asarray(dimr_gallery[0][0]), np.asarray(dit_gallery[0][0]))
     assert [c for _, c in comparison.dimr.branch_panel()[:3]] == ["8x8 latent transformer (2x2 px patches)",
                                                                   "16x16 latent ConvNeXt", "final: golden retriever"]
-    status = imagenet_compare.describe(comparison)
+    status = imagenet_compare.describe_comparison(comparison)
     assert "seed 1" in status and "DDIMScheduler" in status and "guidance 4" in status
 
 
@@ -159,39 +152,39 @@ def test_the_patch_grid_marks_every_token_border_and_nothing_else():
 def test_bad_input_is_rejected_before_anything_loads(arguments, message, monkeypatch):
     monkeypatch.setattr(imagenet_compare, "load_dit", lambda *a: pytest.fail("loaded DiT for a bad request"))
     with pytest.raises(ValueError, match=message):
-        Request.check(**arguments)
+        ComparisonRequest.check(**arguments)
 
 
-def test_the_dimr_side_is_dimr_xl_unless_dimr_model_is_an_imagenet_model(tmp_path, monkeypatch):
+def test_the_dimr_side_is_dimr_xl_unless_dimr_model_is_an_imagenet_model(imagenet_dimr, monkeypatch):
     monkeypatch.delenv("DIMR_MODEL", raising=False)
     assert imagenet_compare.imagenet_dimr_model() == "DiMR-XL/2R"
     monkeypatch.setenv("DIMR_MODEL", "tiny-dimr")  # a shapes model: not ImageNet
     assert imagenet_compare.imagenet_dimr_model() == "DiMR-XL/2R"
-    monkeypatch.setenv("DIMR_MODEL", str(save_tiny_imagenet_dimr(tmp_path / "dimr")))
-    assert imagenet_compare.imagenet_dimr_model() == str(tmp_path / "dimr")
+    monkeypatch.setenv("DIMR_MODEL", imagenet_dimr)
+    assert imagenet_compare.imagenet_dimr_model() == imagenet_dimr
 
 
 def test_offline_without_the_dit_weights_the_error_says_what_to_do_at_once(hub_cache):
     start = time.monotonic()
     with pytest.raises(CheckpointError) as err:
-        imagenet_compare.load_dit("cpu")
+        dit.load_dit("cpu")
     assert time.monotonic() - start < 5
     assert "not in the Hugging Face cache" in str(err.value)
     assert f"huggingface-cli download {DIT_REPO}" in str(err.value)
 
 
-def test_a_dit_whose_latents_differ_from_dimr_is_refused(tmp_path, hub_cache, monkeypatch):
-    monkeypatch.setenv("DIMR_MODEL", str(save_tiny_imagenet_dimr(tmp_path / "dimr")))
+def test_a_dit_whose_latents_differ_from_dimr_is_refused(imagenet_dimr, hub_cache, tiny_vae, monkeypatch):
+    monkeypatch.setenv("DIMR_MODEL", imagenet_dimr)
     monkeypatch.setenv("DIMR_DEVICE", "cpu")
-    put_dit_in_hub_cache(hub_cache, tiny_dit(sample_size=8))
+    put_dit_in_hub_cache(hub_cache, tiny_dit(sample_size=8), tiny_vae)
     with pytest.raises(ValueError, match=r"latents of shape \(4, 16, 16\) but DiT-XL/2 \(4, 8, 8\)"):
-        imagenet_compare.load(Request.check([1]))
+        imagenet_compare.load_comparison(ComparisonRequest.check(classes=[1]))
 
 
 def test_the_wait_estimate_grows_with_steps_and_images(tiny_setup):
     def estimate(**arguments):
-        request = Request.check(**{"classes": [1], **arguments})
-        return imagenet_compare.estimate_seconds(request, *imagenet_compare.load(request))
+        request = ComparisonRequest.check(**{"classes": [1], **arguments})
+        return imagenet_compare.estimate_seconds(request, *imagenet_compare.load_comparison(request))
 
     one = estimate(num_inference_steps=10)
     assert 0 < one < estimate(num_inference_steps=20) and one < estimate(num_inference_steps=10, images_per_class=2)
@@ -199,14 +192,14 @@ def test_the_wait_estimate_grows_with_steps_and_images(tiny_setup):
     assert imagenet_compare.wait_note(600) == "about 10 minutes"
 
 
-def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path):
+def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path, imagenet_dimr, tiny_vae):
     """`python app.py` with DIMR_MODEL = the tiny ImageNet DiMR and the tiny DiT in its Hugging Face cache."""
     from gradio_client import Client
 
     from app_server import running_app
 
-    put_dit_in_hub_cache(tmp_path / "hf-home" / "hub", tiny_dit())
-    env = {"DIMR_MODEL": str(save_tiny_imagenet_dimr(tmp_path / "dimr")), "DIMR_DEVICE": "cpu",
+    put_dit_in_hub_cache(tmp_path / "hf-home" / "hub", tiny_dit(), tiny_vae)
+    env = {"DIMR_MODEL": imagenet_dimr, "DIMR_DEVICE": "cpu",
            "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub")}
     with running_app(tmp_path, env) as (url, _):
         client = Client(url, verbose=False)
@@ -225,18 +218,16 @@ def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path):
                            dit_guidance_scale=-2, patch_grid=False, api_name="/compare_imagenet")
 
 
-def test_the_tab_note_lists_the_weights_a_first_comparison_downloads(hub_cache, monkeypatch):
+def test_the_tab_note_lists_the_weights_a_first_comparison_downloads(hub_cache, tiny_vae, monkeypatch):
     monkeypatch.delenv("DIMR_MODEL", raising=False)
     assert imagenet_compare.missing_weights() == ["DiMR-XL/2R (downloads 2 GB + the SD VAE)",
                                                   "DiT-XL/2 (3 GB transformer + 335 MB VAE)"]
-    put_dit_in_hub_cache(hub_cache, tiny_dit())
+    put_dit_in_hub_cache(hub_cache, tiny_dit(), tiny_vae)
     assert imagenet_compare.missing_weights() == ["DiMR-XL/2R (downloads 2 GB + the SD VAE)"]
 
 
-def test_the_request_benchmark_runs_on_cpu_and_writes_its_rows(tmp_path):
+def test_the_request_benchmark_runs_on_cpu_and_writes_its_rows(tmp_path, run_script):
     import json
-
-    from test_benchmarks import run_script
 
     out = tmp_path / "compare.json"
     stdout = run_script("benchmarks/compare_imagenet.py", "--tiny", "--device", "cpu", "--out", str(out))

@@ -8,25 +8,15 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
-from dimr import loading
-from dimr.loading import MODELS, clear_cache, load_pipeline, load_vae
+from dimr import caches, loading
+from dimr.loading import MODELS, load_pipeline, load_vae
 from dimr.weights import CheckpointError
-from test_pipeline import tiny_pixel_model, tiny_vae
 
 
 @pytest.fixture(autouse=True)
-def empty_cache_and_hub(monkeypatch, tmp_path):
-    """No module cache carried between tests, and an empty Hugging Face cache (conftest already sets offline)."""
-    clear_cache()
+def empty_hub_cache(monkeypatch, tmp_path):
+    """An empty Hugging Face cache (conftest already sets offline and clears dimr.caches after each test)."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    yield
-    clear_cache()
-
-
-@pytest.fixture
-def pixel_dir(tmp_path):
-    tiny_pixel_model().save_pretrained(tmp_path / "pixel")
-    return tmp_path / "pixel"
 
 
 def test_a_local_pixel_space_model_loads_without_a_vae(pixel_dir):
@@ -58,22 +48,20 @@ def test_networks_are_loaded_once_per_model_device_and_dtype(pixel_dir):
     assert first.model is second.model
     as_bf16 = load_pipeline(pixel_dir, device="cpu", torch_dtype=torch.bfloat16)
     assert as_bf16.model is not first.model and as_bf16.model.dtype == torch.bfloat16
-    clear_cache()
+    caches.clear()  # the one way to forget loaded models
     assert load_pipeline(pixel_dir, device="cpu").model is not first.model
 
 
-def test_a_latent_model_directory_uses_its_vae_subfolder(tmp_path):
-    from conftest import Golden
-
-    Golden("two_branch").model().save_pretrained(tmp_path / "latent")
-    tiny_vae().save_pretrained(tmp_path / "latent" / "vae")
+def test_a_latent_model_directory_uses_its_vae_subfolder(tmp_path, two_branch, tiny_vae):
+    two_branch.model().save_pretrained(tmp_path / "latent")
+    tiny_vae.save_pretrained(tmp_path / "latent" / "vae")
     pipe = load_pipeline(tmp_path / "latent", device="cpu", torch_dtype=torch.float16)
     assert isinstance(pipe.vae, AutoencoderKL)
     assert pipe.model.dtype == torch.float16 and pipe.vae.dtype == torch.float32, "never a float16 VAE"
 
 
-def test_a_vae_from_a_single_weights_file(tmp_path):
-    vae = tiny_vae()
+def test_a_vae_from_a_single_weights_file(tmp_path, tiny_vae):
+    vae = tiny_vae
     save_file(vae.state_dict(), tmp_path / "vae.safetensors")
     vae.save_config(tmp_path)  # config.json beside the file: a non-SD architecture
     loaded = load_vae(tmp_path / "vae.safetensors")
@@ -87,7 +75,7 @@ def test_a_file_that_is_not_a_vae_is_rejected(tmp_path):
         load_vae(tmp_path / "other.safetensors")
 
 
-def test_a_name_resolves_to_its_files_in_one_place(pixel_dir):
+def test_a_name_resolves_to_its_files_in_one_place(pixel_dir, tiny_pixel_model):
     from dimr.config import variant_config
     from dimr.loading import model_config, model_files
     from dimr.weights import converted_dir
@@ -96,7 +84,7 @@ def test_a_name_resolves_to_its_files_in_one_place(pixel_dir):
     assert model_files(str(pixel_dir)) == model_files(pixel_dir) == loading.ModelFiles(pixel_dir)
     assert model_files("DiMR-XL/2R") == loading.ModelFiles(converted_dir("DiMR-XL/2R"), "DiMR-XL/2R")
     assert model_config("DiMR-XL/2R") == variant_config("DiMR-XL/2R"), "a released config needs no download"
-    assert model_config(pixel_dir)["stage_configs"] == tiny_pixel_model().config.stage_configs
+    assert model_config(pixel_dir)["stage_configs"] == tiny_pixel_model.config.stage_configs
 
 
 def test_unknown_model_lists_the_known_ones():
@@ -127,9 +115,7 @@ def test_offline_the_hub_vae_fails_at_once_with_what_to_do():
     assert "not in the Hugging Face cache" in str(err.value) and "local VAE directory or weights file" in str(err.value)
 
 
-def test_a_latent_model_without_a_local_vae_needs_the_hub_one(tmp_path):
-    from conftest import Golden
-
-    Golden("two_branch").model().save_pretrained(tmp_path / "latent")
+def test_a_latent_model_without_a_local_vae_needs_the_hub_one(tmp_path, two_branch):
+    two_branch.model().save_pretrained(tmp_path / "latent")
     with pytest.raises(CheckpointError, match="sd-vae-ft-ema"):
         load_pipeline(tmp_path / "latent", device="cpu")

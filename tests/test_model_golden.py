@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from conftest import timestep_from_log_snr
+from dimr.config import NUM_TRAIN_TIMESTEPS
+
+
+def timestep_from_log_snr(log_snr):
+    """Inverse of the official time input log_snr = 8 n / 1000 - 4, with n = k + 1."""
+    return (log_snr + 4) / 8 * NUM_TRAIN_TIMESTEPS - 1
 
 
 def assert_matches_official(ours, official):

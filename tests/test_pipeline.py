@@ -1,19 +1,17 @@
 """DiMRPipeline: official-quality sampling, guidance, determinism, per-branch traces, and clear input errors."""
 
-import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 from PIL import Image
 
-from conftest import Golden
-from dimr import DiMRModel, DiMRPipeline
-from dimr.config import normalize_official_config
-from dimr.pipeline import SCHEDULERS, branch_x0, guidance_weights, make_scheduler
+from dimr import DiMRPipeline
+from dimr.pipeline import SAMPLERS, branch_x0, guidance_weights, make_scheduler
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
 
 GUIDANCE_FORMS = {  # golden sample key -> how a user asks for the same guidance
     "steps250_cfg0.4": dict(guidance_scale=1.4, guidance_schedule="constant"),
@@ -26,39 +24,6 @@ def quiet(pipe):
     return pipe
 
 
-def tiny_pixel_model(class_names=("circle", "square", ["triangle", "tri"])):
-    """A randomly initialised 3-branch pixel-space model (16x16 RGB) with named classes."""
-    config = copy.deepcopy(Golden("three_branch").config)
-    config["channels"] = 3
-    config["num_classes"] = len(class_names) + 1
-    for stage in config["stage_configs"]:
-        stage["num_classes"] = config["num_classes"]
-    torch.manual_seed(0)
-    return DiMRModel(**normalize_official_config(config), class_names=list(class_names)).eval()
-
-
-def tiny_vae():
-    """A randomly initialised AutoencoderKL with 4 latent channels that decodes 16x16 latents to 32x32 images."""
-    torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4,
-                         latent_channels=4, sample_size=32).eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is fastest, and avoids thrashing when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def two_branch():
-    return Golden("two_branch")
-
-
 @pytest.fixture
 def latent_pipe(two_branch):
     return quiet(DiMRPipeline(two_branch.model(), vae=None))
@@ -69,9 +34,9 @@ def relative_l2(ours, reference):
 
 
 @pytest.fixture(scope="module", params=["two_branch", "three_branch"])
-def golden_samples(request):
+def golden_samples(request, golden_file):
     """Each golden model sampled as the done-when criterion says: default sampler, 50 steps, both guidance forms."""
-    golden = Golden(request.param)
+    golden = golden_file(request.param)
     pipe = quiet(DiMRPipeline(golden.model(), vae=None))
     ours = {form: pipe(class_labels=golden[f"in.sample.{form}.y"], **GUIDANCE_FORMS[form], num_inference_steps=50,
                        latents=golden[f"in.sample.{form}.noise"], output_type="latent").images
@@ -198,8 +163,8 @@ def count_decodes(vae):
     return decodes
 
 
-def test_branch_images_decode_with_a_vae_in_bounded_batches(two_branch):
-    vae = tiny_vae()
+def test_branch_images_decode_with_a_vae_in_bounded_batches(two_branch, tiny_vae):
+    vae = tiny_vae
     pipe = quiet(DiMRPipeline(two_branch.model(), vae=vae))
     pipe.vae_batch_size = 5
     decodes = count_decodes(vae)
@@ -218,9 +183,9 @@ def test_branch_images_decode_with_a_vae_in_bounded_batches(two_branch):
 
 
 @pytest.mark.parametrize("output_type", ["np", "pt", "pil"])
-def test_decoding_in_batches_gives_the_same_pixels_as_one_call(output_type):
-    vae = tiny_vae()
-    pipe = DiMRPipeline(tiny_pixel_model(), vae=vae)
+def test_decoding_in_batches_gives_the_same_pixels_as_one_call(output_type, tiny_pixel_model, tiny_vae):
+    vae = tiny_vae
+    pipe = DiMRPipeline(tiny_pixel_model, vae=vae)
     latents = torch.randn(11, 4, 16, 16, generator=torch.Generator().manual_seed(3))
     pipe.vae_batch_size = len(latents)
     decodes = count_decodes(vae)
@@ -260,14 +225,14 @@ def test_a_bad_per_sample_guidance_scale_is_a_clear_error(latent_pipe, scales, m
         latent_pipe([1, 2], guidance_scale=scales, num_inference_steps=2, output_type="latent")
 
 
-def test_a_branch_step_outside_the_run_is_a_clear_error():
-    pipe = quiet(DiMRPipeline(tiny_pixel_model()))
-    with pytest.raises(ValueError, match="branch step 3 is not a step index in 0..2"):
+def test_a_branch_step_outside_the_run_is_a_clear_error(tiny_pixel_model):
+    pipe = quiet(DiMRPipeline(tiny_pixel_model))
+    with pytest.raises(ValueError, match=r"branch step=3 is out of range: use -3..2"):
         pipe(["circle"], num_inference_steps=3, return_branches=True, branch_steps=[0, 3])
 
 
-def test_pixel_space_branch_images_show_the_branch_resolution():
-    pipe = quiet(DiMRPipeline(tiny_pixel_model()))
+def test_pixel_space_branch_images_show_the_branch_resolution(tiny_pixel_model):
+    pipe = quiet(DiMRPipeline(tiny_pixel_model))
     out = pipe(["circle", "tri"], num_inference_steps=3, return_branches=True, output_type="pt")
     assert out.images.shape == (2, 3, 16, 16) and 0 <= out.images.min() and out.images.max() <= 1
     for scale, images in zip(out.branches.scales, out.branches.images[-1]):
@@ -276,13 +241,13 @@ def test_pixel_space_branch_images_show_the_branch_resolution():
         torch.testing.assert_close(images, F.interpolate(F.avg_pool2d(images, scale), scale_factor=scale))
 
 
-def test_float16_vae_is_decoded_in_float32(two_branch):
-    pipe = quiet(DiMRPipeline(two_branch.model(), vae=tiny_vae().to(torch.float16)))
+def test_float16_vae_is_decoded_in_float32(two_branch, tiny_vae):
+    pipe = quiet(DiMRPipeline(two_branch.model(), vae=tiny_vae.to(torch.float16)))
     images = pipe([1], num_inference_steps=2, output_type="np").images
     assert pipe.vae.dtype == torch.float32 and np.isfinite(images).all()
 
 
-@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("name", SAMPLERS)
 def test_every_named_sampler_produces_a_sample(two_branch, name):
     pipe = quiet(DiMRPipeline(two_branch.model(), vae=None, scheduler=make_scheduler(name)))
     out = pipe([1, 5], num_inference_steps=4, output_type="latent").images
@@ -313,8 +278,8 @@ def test_a_callback_can_stop_sampling_early(latent_pipe):
     assert len(out.branches.timesteps) == 2
 
 
-def test_a_stopped_run_shows_only_the_branch_steps_it_reached():
-    pipe = quiet(DiMRPipeline(tiny_pixel_model(), vae=None))
+def test_a_stopped_run_shows_only_the_branch_steps_it_reached(tiny_pixel_model):
+    pipe = quiet(DiMRPipeline(tiny_pixel_model, vae=None))
 
     def stop(pipe, i, t, tensors):
         if i == 1:
@@ -361,8 +326,8 @@ def test_unknown_sampler_name_lists_the_choices():
         make_scheduler("fast")
 
 
-def test_model_class_names_and_synonyms_are_labels():
-    pipe = DiMRPipeline(tiny_pixel_model())
+def test_model_class_names_and_synonyms_are_labels(tiny_pixel_model):
+    pipe = DiMRPipeline(tiny_pixel_model)
     assert pipe.resolve_class_labels(["Circle", "tri", 1, "2"]) == [0, 2, 1, 2]
     with pytest.raises(ValueError, match="3 is the null class"):
         pipe.resolve_class_labels([3])
@@ -387,8 +352,8 @@ def test_the_sampling_loop_never_waits_for_the_gpu(two_branch):
 
 
 @needs_gpu
-def test_bf16_autocast_on_gpu_stays_close_to_float32(two_branch):
-    pipe = quiet(DiMRPipeline(two_branch.model().cuda(), vae=tiny_vae().cuda()))
+def test_bf16_autocast_on_gpu_stays_close_to_float32(two_branch, tiny_vae):
+    pipe = quiet(DiMRPipeline(two_branch.model().cuda(), vae=tiny_vae.cuda()))
     noise = two_branch["in.sample.steps250_cfg0.4.noise"].cuda()
     exact = pipe([1, 5], num_inference_steps=10, latents=noise, output_type="latent").images
     with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import Golden
 from dimr.__main__ import main
-from test_pipeline import tiny_pixel_model, tiny_vae
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def pixel_dir(tmp_path):
-    tiny_pixel_model().save_pretrained(tmp_path / "pixel")
-    return tmp_path / "pixel"
 
 
 def test_samples_and_branch_panel_are_written(pixel_dir, tmp_path, capsys):
@@ -33,9 +25,9 @@ def test_samples_and_branch_panel_are_written(pixel_dir, tmp_path, capsys):
     assert "0 (circle), 2 (triangle)" in printed and "1/4, 1/2, 1/1" in printed
 
 
-def test_a_latent_model_is_decoded_by_its_vae(tmp_path):
-    Golden("two_branch").model().save_pretrained(tmp_path / "latent")
-    tiny_vae().save_pretrained(tmp_path / "latent" / "vae")
+def test_a_latent_model_is_decoded_by_its_vae(tmp_path, two_branch, tiny_vae):
+    two_branch.model().save_pretrained(tmp_path / "latent")
+    tiny_vae.save_pretrained(tmp_path / "latent" / "vae")
     code = main(["sample", "--model", str(tmp_path / "latent"), "--class", "tabby cat", "--steps", "2",
                  "--out", str(tmp_path / "grid.png"), "--branches", str(tmp_path / "b.png"), "--branch-steps", "1"])
     assert code == 0

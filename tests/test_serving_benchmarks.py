@@ -1,23 +1,9 @@
 """benchmarks/demo_requests.py and benchmarks/load_app.py run end to end on CPU and report what they promise."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(*args, timeout=300):
-    # As after `pip install -e .`: the scripts import the package dimr.
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def test_demo_requests_writes_one_row_per_request(tmp_path):
+def test_demo_requests_writes_one_row_per_request(tmp_path, run_script):
     out = tmp_path / "rows.json"
     stdout = run_script("benchmarks/demo_requests.py", "--images", "2", "1", "2", "--steps", "2", "--out", str(out))
     rows = json.loads(out.read_text())
@@ -28,7 +14,7 @@ def test_demo_requests_writes_one_row_per_request(tmp_path):
     assert str(tmp_path) not in json.dumps(rows) and "| tiny-latent (random weights) | 2 | 2 |" in stdout
 
 
-def test_load_app_prints_its_request_latencies_and_throughput():
+def test_load_app_prints_its_request_latencies_and_throughput(run_script):
     stdout = run_script("benchmarks/load_app.py", "--concurrency", "3", "--requests", "0", "--steps", "2",
                         "--classes", "ring", "--vary-seed")
     request = json.loads(stdout.split("each request: ", 1)[1].splitlines()[0])

@@ -1,5 +1,7 @@
-"""Training: the recipe's pieces, loss going down, exact resume, lockstep, export, and the two matched configs."""
+"""Training: the recipe's pieces, loss going down, exact resume, lockstep, export, the two matched configs, and
+reproducing the lab's pair with one command."""
 
+import hashlib
 import json
 import threading
 
@@ -7,7 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dimr.__main__ import main
 from dimr.data.shapes import CLASS_NAMES
+from dimr.loading import CHECKPOINTS_DIR
 from dimr.model import DiMRModel
 from dimr.objective import (alphas_cumprod, diffusion_loss, multiscale_targets, prediction_target, sample_timesteps,
                             snr_weights)
@@ -215,11 +219,11 @@ def test_a_model_trained_on_another_schedule_is_sampled_on_it(tmp_path):
                                                              "prediction_type": "v_prediction", "thresholding": True}})
     train(config, tmp_path / "run", max_steps=1, export_dir=tmp_path / "export", progress=False)
     for sampler in ("dpm-solver-3s", "ddim"):
-        scheduler = load_pipeline(tmp_path / "export", device="cpu", scheduler=sampler).scheduler
+        scheduler = load_pipeline(tmp_path / "export", device="cpu", sampler=sampler).scheduler
         assert (scheduler.config.beta_schedule, scheduler.config.prediction_type, scheduler.config.thresholding) == \
                ("squaredcos_cap_v2", "v_prediction", True)
     # Euler cannot clip x0 estimates: it keeps the schedule and prediction type and samples unclipped.
-    euler = load_pipeline(tmp_path / "export", device="cpu", scheduler="euler").scheduler
+    euler = load_pipeline(tmp_path / "export", device="cpu", sampler="euler").scheduler
     assert euler.config.prediction_type == "v_prediction" and "thresholding" not in euler.config
 
 
@@ -258,8 +262,6 @@ def test_continuing_an_exported_model_keeps_its_training_history(tmp_path):
 
 
 def test_train_command_applies_schedule_overrides_and_explains_bad_ones(tmp_path, capsys):
-    from dimr.__main__ import main
-
     config_file = tmp_path / "tiny.json"
     config_file.write_text(json.dumps(tiny_config()))
     common = ["train", "--config", str(config_file), "--device", "cpu", "--run-dir", str(tmp_path / "run"),
@@ -270,3 +272,56 @@ def test_train_command_applies_schedule_overrides_and_explains_bad_ones(tmp_path
     assert (info["steps"], info["lr"], info["decay_steps"]) == (3, 2e-3, 3)
     assert main([*common, "--max-steps", "3", "--decay-steps", "5", "--export", "none"]) == 2
     assert "train.decay_steps (5) cannot exceed train.max_steps (3)" in capsys.readouterr().err
+
+
+# Reproducing the lab's models: one command trains a pair side by side, measures both, and leaves the bundled
+# models alone unless asked.
+
+
+def bundled_fingerprint():
+    return {p.relative_to(CHECKPOINTS_DIR).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(CHECKPOINTS_DIR.rglob("*")) if p.is_file()}
+
+
+def test_reproduce_trains_both_in_lockstep_measures_them_and_keeps_the_bundled_models(tmp_path, capsys):
+    configs = []
+    for name in ("pair-a", "pair-b"):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**tiny_config(), "name": name}))
+        configs.append(str(path))
+    before = bundled_fingerprint()
+    command = ["reproduce", "--configs", *configs, "--out", str(tmp_path / "out"), "--max-steps", "4",
+               "--samples", "10", "--threads", "1"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    for name in ("pair-a", "pair-b"):
+        model = tmp_path / "out" / name / "model"
+        assert json.loads((model / "training.json").read_text())["steps"] == 4
+        assert json.loads((model / "distortion.json").read_text())["samples"] == 10
+        assert (tmp_path / "out" / name / "grid.png").is_file()
+        assert f"| {name} | 32 |" in printed  # 4 steps of 8 images
+    assert "the bundled models are unchanged" in printed
+    assert bundled_fingerprint() == before
+    # Run again: nothing is trained or measured twice.
+    weights = (tmp_path / "out" / "pair-a" / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert main(command) == 0
+    assert (tmp_path / "out" / "pair-a" / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_install_is_refused_for_models_that_are_not_the_bundled_pair(tmp_path, capsys):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({**tiny_config(), "name": "other"}))
+    assert main(["reproduce", "--configs", str(path), "--out", str(tmp_path / "out"), "--install"]) == 2
+    assert "--install replaces the bundled models tiny-dimr, tiny-baseline; these configs train other" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_without_export_keeps_its_model_in_the_run_directory(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({**tiny_config(), "name": "tiny-dimr"}))  # the bundled model's name
+    before = bundled_fingerprint()
+    assert main(["train", "--config", str(path), "--device", "cpu", "--max-steps", "2", "--run-dir",
+                 str(tmp_path / "run"), "--no-progress"]) == 0
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    assert bundled_fingerprint() == before

@@ -2,16 +2,16 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FIXTURES, Golden
 from dimr import DiMRModel, variant_config
 from dimr.model import count_parameters
 from dimr.weights import CheckpointError, ensure_converted, from_official, read_official_checkpoint
 
-LAYOUT = json.loads((FIXTURES / "official_state_dict_layout.json").read_text())
+LAYOUT = json.loads((Path(__file__).parent / "fixtures" / "official_state_dict_layout.json").read_text())
 
 
 @pytest.mark.parametrize("variant", ["DiMR-XL/2R", "DiMR-G/2R"])
@@ -30,8 +30,8 @@ def test_parameter_counts_of_the_released_models():
 
 
 @pytest.fixture
-def official_pth(tmp_path):
-    golden = Golden("two_branch")
+def official_pth(tmp_path, two_branch):
+    golden = two_branch
     path = tmp_path / "two_branch.pth"
     torch.save(golden.state_dict, path)
     return golden, path

@@ -5,8 +5,8 @@ code). For each sampler / timestep spacing, both guidance forms the official cod
 power-cosine s = 3, p = 1), and both golden models, it samples with DiMRPipeline exactly as a user would and
 prints the relative L2 error ||ours - official|| / ||official|| (the worse of the two models).
 
-    python scripts/compare_schedulers.py            # the full table (a few minutes on one CPU core)
-    python scripts/compare_schedulers.py --only dpm++2m
+    python scripts/compare_samplers.py            # the full table (a few minutes on one CPU core)
+    python scripts/compare_samplers.py --only dpm++2m
 """
 
 import argparse
@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from dimr.config import REPO_ROOT
-from dimr.pipeline import SCHEDULERS, DiMRPipeline, make_scheduler
+from dimr.pipeline import SAMPLERS, DiMRPipeline, make_scheduler
 from dimr.weights import from_official
 
 GOLDEN = REPO_ROOT / "tests" / "fixtures" / "golden"
@@ -31,10 +31,10 @@ GUIDANCE = {  # golden key -> pipeline guidance settings
 # (sampler name, scheduler overrides) pairs to try: every named sampler as the app offers it, then other
 # timestep spacings, the sigma = 0 endpoint instead of the official one, and a few solver variants.
 CANDIDATES = (
-    [(name, {}) for name in SCHEDULERS]
-    + [(name, dict(timestep_spacing=spacing)) for name in SCHEDULERS if "karras" not in name
+    [(name, {}) for name in SAMPLERS]
+    + [(name, dict(timestep_spacing=spacing)) for name in SAMPLERS if "karras" not in name
        for spacing in ("trailing", "leading")]
-    + [(name, dict(final_sigmas_type="zero")) for name, (_, settings) in SCHEDULERS.items()
+    + [(name, dict(final_sigmas_type="zero")) for name, (_, settings) in SAMPLERS.items()
        if "final_sigmas_type" in settings]
     + [("dpm++2m", dict(use_lu_lambdas=True)), ("dpm++2m", dict(solver_type="heun")),
        ("unipc", dict(solver_order=3)), ("unipc", dict(solver_type="bh1"))]
@@ -43,7 +43,7 @@ CANDIDATES = (
 
 def supported(sampler, overrides):
     """Whether the sampler's scheduler class has every setting (DPMSolverSinglestep has no timestep_spacing)."""
-    return set(overrides) <= set(inspect.signature(SCHEDULERS[sampler][0].__init__).parameters)
+    return set(overrides) <= set(inspect.signature(SAMPLERS[sampler][0].__init__).parameters)
 
 
 def golden_models():

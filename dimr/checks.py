@@ -1,0 +1,14 @@
+"""Checks of a caller's values shared by the library and the demo, so that one kind of mistake gets one message."""
+
+import numpy as np
+
+
+def check_int(name, value, low, high):
+    """`value` as an int when it is an integer in low..high; else a ValueError naming it and what is allowed.
+
+    Integers only: a bool, a float (even 2.0) or a string of digits is refused rather than silently converted."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is out of range: use {low}..{high}")
+    return int(value)

@@ -1,0 +1,140 @@
+"""Serving the demo: where it samples (DIMR_DEVICE, DIMR_ACCELERATION), the one sampling queue that requests share
+(dimr.batching), and what the server does when it starts. Nothing here runs at import.
+
+    start(default_model())                  # at server start-up: CPU threads, then the default model's weights
+    for update in stream(request):          # Progress(step, total, preview) while sampling, then a Generation
+        ...
+    describe(generation)                    # the status line: what ran, where, how long
+"""
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .acceleration import accelerate_pipeline, default_mode, mode_dtype
+from .batching import Batcher
+from .catalogue import is_pixel_space, model_description
+from .limits import MAX_IMAGES, MAX_STEPS
+from .loading import BUNDLED, default_device, load_pipeline
+from .panel import enlarge, generation_from, panel_steps, to_uint8
+from .pipeline import DEFAULT_SAMPLER
+from .weights import CheckpointError
+
+PREVIEW_INTERVAL_S = 0.4
+
+_batcher = None
+_batcher_lock = threading.Lock()
+
+
+def device():
+    """DIMR_DEVICE (e.g. cpu, cuda, cuda:1), else a GPU when there is one."""
+    return torch.device(os.environ.get("DIMR_DEVICE") or default_device())
+
+
+def zero_gpu():
+    """True on a Hugging Face ZeroGPU Space, where a GPU is lent to each request (dimr.zero_gpu prices it)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+
+
+def acceleration_mode():
+    """DIMR_ACCELERATION (none, bf16 or fast; see dimr.acceleration), else the fastest mode for the platform:
+    "fast" on GPUs (`start` compiles every batch shape in the background), "bf16" under ZeroGPU (a GPU lent per
+    request: compilation would be paid inside visitors' requests), float32 on CPUs."""
+    return os.environ.get("DIMR_ACCELERATION") or ("bf16" if zero_gpu() else default_mode(device()))
+
+
+class ModelUnavailable(ValueError):
+    """A model cannot be loaded on this server; the message says so to a visitor, then what the operator must do."""
+
+
+def load(model_name, sampler=DEFAULT_SAMPLER):
+    """The pipeline for a model on the demo's device (networks are loaded once and kept in dimr.caches)."""
+    mode = acceleration_mode()
+    try:
+        pipe = load_pipeline(model_name, device=device(), torch_dtype=mode_dtype(mode), sampler=sampler)
+    except CheckpointError as err:
+        bundled = " and ".join(BUNDLED)
+        raise ModelUnavailable(f"{model_name} is not available on this server right now (its weights are not "
+                               f"installed here); {bundled} work meanwhile. What the operator of this demo must do: "
+                               f"{err}") from err
+    return accelerate_pipeline(pipe, mode)
+
+
+def batcher():
+    """The process's one sampling queue, made on first use; its worker thread starts with the first job."""
+    global _batcher
+    with _batcher_lock:
+        if _batcher is None:
+            _batcher = Batcher(load=lambda request: load(request.model, request.sampler), branch_steps=panel_steps)
+        return _batcher
+
+
+def start(model_name):
+    """At server start-up (never at import or in a request): the process's CPU threads, then the model's weights.
+
+    A pixel-space model on a CPU samples with one thread: its operations are too small to split, and on a busy CPU
+    a thread pool waits for its slowest thread at every operation. Under ZeroGPU the weights are placed on the GPU
+    now, outside any request; elsewhere they load in the background (and a "fast" model compiles its batch shapes,
+    dimr.batching.Batcher.warm_up) while the app already answers; requests that arrive meanwhile go first."""
+    if device().type == "cpu" and is_pixel_space(model_name):
+        torch.set_num_threads(1)
+    if zero_gpu():
+        load(model_name)
+    else:
+        batcher().warm_up(lambda: load(model_name))
+
+
+@dataclass
+class Progress:
+    """Sampling is at `step` of `total`; `preview`: the full-resolution clean estimate so far, [B, H, W, 3] uint8."""
+
+    step: int
+    total: int
+    preview: np.ndarray
+    captions: list  # one per image
+
+    def gallery(self):
+        """The preview as [(PIL image, 'ring · step 3/25')], enlarged like the final images."""
+        return [(enlarge(image), f"{caption} · step {self.step}/{self.total}")
+                for image, caption in zip(self.preview, self.captions)]
+
+
+def stream(request, stop=None, latents=None):
+    """Sample a request (dimr.request.Request): yields Progress about every PREVIEW_INTERVAL_S, then the Generation
+    (dimr.panel).
+
+    latents: the initial noise [B, C, H, W] instead of noise drawn from the request's seed (dimr.imagenet_compare
+    gives the same tensor to DiMR and DiT); such a request samples alone.
+
+    Requests waiting at the same time share sampling runs (dimr.batching); this one gets its own previews and
+    result. Setting the `stop` event (or closing this generator, as Gradio does when the browser goes away) ends
+    this request after the current step."""
+    stop = stop or threading.Event()
+    job = batcher().submit(request, stop, latents)
+    try:
+        while not job.finished.wait(PREVIEW_INTERVAL_S):
+            item = job.take_preview()
+            if item is not None:
+                yield Progress(item[0] + 1, request.num_inference_steps, to_uint8(item[1]), request.captions)
+    finally:
+        stop.set()
+    out, seconds = job.result()
+    yield generation_from(job.pipe, request, out, seconds)
+
+
+def model_note(model_name):
+    """One line about a model for the picker: what it is, the device, the demo's limits."""
+    return (f"{model_description(model_name)}. Device: {device()}; at most {MAX_IMAGES} images and {MAX_STEPS} steps "
+            "per request.")
+
+
+def describe(generation):
+    """One line for the status box: what ran, where, and how long it took."""
+    r = generation.request
+    guidance = f"guidance {r.guidance_scale:g} ({r.guidance_schedule}" + (
+        f", power {r.guidance_power:g})" if r.guidance_schedule == "power-cosine" else ")")
+    return (f"{r.model}: {len(generation.captions)} images, {r.num_inference_steps} steps of {r.sampler}, {guidance}, "
+            f"seed {r.seed}, {generation.seconds:.1f} s on {device()}")

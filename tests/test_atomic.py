@@ -1,0 +1,43 @@
+"""Files written whole or not at all (dimr.atomic): a reader never sees half a file or a half-written model."""
+
+import threading
+
+import pytest
+
+from dimr.atomic import replaced_atomically
+
+
+def test_a_directory_is_replaced_whole_and_a_failed_write_leaves_the_old_one(tmp_path):
+    target = tmp_path / "model"
+    with replaced_atomically(target) as partial:
+        partial.mkdir()
+        (partial / "weights").write_text("first")
+    with pytest.raises(RuntimeError):
+        with replaced_atomically(target) as partial:
+            partial.mkdir()
+            (partial / "weights").write_text("half")
+            raise RuntimeError("killed while writing")
+    assert (target / "weights").read_text() == "first"
+    with replaced_atomically(target) as partial:
+        partial.mkdir()
+        (partial / "config").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["config"], "the old directory is gone, not merged"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"], "no partial or old directory left behind"
+
+
+def test_writers_of_the_same_file_at_once_each_leave_a_whole_file(tmp_path):
+    """The app writes one PNG per content; equal requests finishing together write the same path at once."""
+    target = tmp_path / "image.png"
+    data = bytes(range(256)) * 4096
+
+    def write():
+        with replaced_atomically(target) as partial:
+            partial.write_bytes(data)
+
+    writers = [threading.Thread(target=write) for _ in range(8)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert target.read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == ["image.png"]
