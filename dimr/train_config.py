@@ -8,7 +8,7 @@ import torch
 
 from .config import REPO_ROOT
 from .data.shapes import CLASS_NAMES
-from .model import DiMRModel, count_parameters
+from .model import DiMRModel, PositionEmbedding, count_parameters
 from .objective import BETA_SCHEDULES, PREDICTION_TYPES, TIME_SAMPLINGS
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -30,6 +30,7 @@ TRAIN_DEFAULTS = {
     "time_sampling": "uniform",  # how training times are drawn: "uniform" or "logit_normal" (dimr.objective)
     "logit_mean": 0.0,  # of logit_normal times
     "logit_std": 1.0,
+    "position_init": "normal",  # position tables: "normal" (the official std 0.02) or "sincos" (2D sine-cosine)
 }
 DATA_DEFAULTS = {"num_images": 200000, "seed": 0}
 # How the model diffuses: saved beside the exported weights as scheduler_config.json, so sampling uses the same.
@@ -98,6 +99,7 @@ def prepare_config(raw):
     if not 0 <= train["ema_decay"] < 1:
         raise ValueError(f"train.ema_decay must be in [0, 1), got {train['ema_decay']}")
     for section, field, allowed in (("train", "time_sampling", TIME_SAMPLINGS),
+                                    ("train", "position_init", ("normal", "sincos")),
                                     ("diffusion", "beta_schedule", BETA_SCHEDULES),
                                     ("diffusion", "prediction_type", PREDICTION_TYPES)):
         value = {"train": train, "diffusion": diffusion}[section][field]
@@ -121,8 +123,30 @@ def load_config(name_or_path):
 
 
 def build_model(config):
-    """A freshly initialised DiMRModel for a prepared training config."""
-    return DiMRModel(**config["model"])
+    """A freshly initialised DiMRModel for a prepared training config (the official initialisation, position
+    tables as train.position_init says)."""
+    model = DiMRModel(**config["model"])
+    if config["train"]["position_init"] == "sincos":
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, PositionEmbedding):
+                    table = module.position_embeddings.weight
+                    table.copy_(sincos_table(module.max_height, module.max_width, table.shape[1]))
+    return model
+
+
+def sincos_table(height, width, dim):
+    """2D sine-cosine positions [height * width, dim], as MAE and DiT fix theirs: half the channels encode the
+    row and half the column, each as sines and cosines of geometrically spaced frequencies. A transformer that
+    starts knowing where each token is learns spatial layout from far fewer images than one whose positions
+    start as noise of std 0.02."""
+    quarter = dim // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                                indexing="ij")
+    parts = [f(grid.reshape(-1, 1) * frequencies) for grid in (rows, cols) for f in (torch.sin, torch.cos)]
+    table = torch.cat(parts, dim=1)
+    return torch.nn.functional.pad(table, (0, dim - table.shape[1])).float()
 
 
 def model_cost(model_config):
