@@ -1,4 +1,4 @@
-"""Command line: `python -m dimr {convert,sample,train,distortion} ...` (`dimr ...` once `pip install -e .`)."""
+"""Command line: `python -m dimr COMMAND ...` (`dimr COMMAND ...` once `pip install -e .`); COMMANDS lists them."""
 
 import argparse
 import importlib
@@ -10,6 +10,8 @@ COMMANDS = {
     "sample": ("dimr.sample_cli", "generate images (and per-branch predictions) to PNG files"),
     "train": ("dimr.train", "train a small pixel-space DiMR on the shapes dataset"),
     "distortion": ("dimr.distortion", "measure the distortion rate of a model's samples"),
+    "evaluate": ("dimr.evaluate", "sample N images across processes/GPUs (torchrun) into one file and score it"),
+    "fid": ("dimr.fid", "Inception FID of a sample file against a reference"),
 }
 
 
