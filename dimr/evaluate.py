@@ -56,6 +56,7 @@ PAPER_STEPS = 250
 DEFAULT_SAMPLES = 50_000  # FID-50K
 DEFAULT_BATCH_SIZE = 16  # the batch benchmarks/sampling.py measured on a GPU
 JOB_FILE = "job.json"
+PEER_FAILURE_GRACE_S = 10
 
 
 def add_cli_arguments(parser):
@@ -196,14 +197,14 @@ class Processes:
 
     def barrier(self):
         if self.world > 1:
-            dist.barrier()
+            self._collective(dist.barrier)
 
     def broadcast(self, value):
         """Rank 0's value, on every rank."""
         if self.world == 1:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        self._collective(dist.broadcast_object_list, box, src=0)
         return box[0]
 
     def total(self, count):
@@ -211,8 +212,18 @@ class Processes:
         if self.world == 1:
             return count
         tensor = torch.tensor([count], dtype=torch.int64)
-        dist.all_reduce(tensor)
+        self._collective(dist.all_reduce, tensor)
         return int(tensor)
+
+    def _collective(self, operation, *args, **kwargs):
+        try:
+            operation(*args, **kwargs)
+        except RuntimeError as err:  # gloo reports a closed connection as a plain RuntimeError
+            # A peer that failed closes its connections at once. Wait for the launcher, which saw that failure
+            # first, to stop this process, so that its summary names the rank that failed, not this one.
+            time.sleep(PEER_FAILURE_GRACE_S)
+            raise RuntimeError(f"{self.describe()} lost contact with another process, which most likely failed: "
+                               f"see that rank's error") from err
 
     def close(self):
         if self.world > 1 and dist.is_initialized():
@@ -332,8 +343,12 @@ def write_json(path, record_):
     os.replace(tmp, path)
 
 
-@record  # under torchrun, the failing rank's error goes into the launcher's summary
 def cli_main(args):
+    # Under torchrun, `record` puts a failing rank's error into the launcher's summary of the job.
+    return (record(evaluate) if "TORCHELASTIC_ERROR_FILE" in os.environ else evaluate)(args)
+
+
+def evaluate(args):
     settings = job_settings(args)
     out, json_path = args.out, settings_file(args.out)
     check_writable(out)
