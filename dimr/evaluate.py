@@ -27,6 +27,7 @@ Scores: with --reference, Inception FID against it (dimr.fid); for the shapes mo
 """
 
 import datetime
+import importlib.metadata
 import json
 import math
 import os
@@ -152,6 +153,11 @@ def block_range(block, settings):
     return start, min(start + settings["batch_size"], settings["samples"])
 
 
+def block_images(blocks, settings):
+    """How many images the blocks hold."""
+    return sum(end - start for start, end in (block_range(b, settings) for b in blocks))
+
+
 def sample_block(pipe, settings, block):
     """The images (uint8 [n, H, W, 3]) and labels [n] of one block, sampled as one batch."""
     start, end = block_range(block, settings)
@@ -269,16 +275,12 @@ def sample_job(pipe, settings, directory, processes):
 
     done = processes.broadcast(finished_blocks(directory) if processes.rank == 0 else None)
     remaining = sorted(set(range(num_blocks(settings))) - set(done))
-    done_images = settings["samples"] - sum(block_range(b, settings)[1] - block_range(b, settings)[0]
-                                            for b in remaining)
-    bar = tqdm(total=settings["samples"], initial=done_images, unit="img", smoothing=0.1,
-               desc=f"sampling {settings['model']} on {processes.world} process{'es' if processes.world > 1 else ''}",
-               disable=processes.rank != 0)
+    bar = tqdm(total=settings["samples"], initial=settings["samples"] - block_images(remaining, settings), unit="img",
+               desc=f"sampling {settings['model']} in {processes.world} process(es)", disable=processes.rank != 0)
     started = time.perf_counter()
     sampled = 0
     for round_start in range(0, len(remaining), processes.world):
-        mine = remaining[round_start : round_start + processes.world][processes.rank :][:1]
-        count = 0
+        mine = remaining[round_start + processes.rank : round_start + processes.rank + 1]  # one block or none
         for block in mine:
             start, end = block_range(block, settings)
             try:
@@ -287,7 +289,7 @@ def sample_job(pipe, settings, directory, processes):
                 raise RuntimeError(f"{processes.describe()} failed on block {block} (samples {start}..{end - 1}): "
                                    f"{err}. Finished blocks are kept in {directory}; run the same command again "
                                    f"to resume.") from err
-            count = end - start
+        count = block_images(mine, settings)
         sampled += count
         bar.update(processes.total(count))
     bar.close()
@@ -305,10 +307,8 @@ def software():
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     for package in ("diffusers", "torchmetrics", "torch-fidelity"):
         try:
-            from importlib.metadata import version
-
-            versions[package] = version(package)
-        except Exception:  # not installed: that is what the record should say
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:  # not installed: that is what the record should say
             versions[package] = None
     versions["cuda"] = torch.version.cuda
     versions["devices"] = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -382,12 +382,13 @@ def sample_to_file(settings, out):
     processes = Processes(settings["device"])
     directory = shards_dir(out)
     try:
-        start_job(directory, settings, processes)
+        # Loaded first: a model that cannot be loaded (weights not downloaded) leaves no job behind.
         mode = settings["speed"]
         pipe = accelerate_pipeline(load_pipeline(settings["model"], device=processes.device,
                                                  torch_dtype=mode_dtype(mode), vae=settings["vae"],
                                                  scheduler=settings["sampler"]), mode)
         pipe.set_progress_bar_config(disable=True)
+        start_job(directory, settings, processes)
         started = datetime.datetime.now(datetime.timezone.utc)
         sampled, seconds = sample_job(pipe, settings, directory, processes)
         sampled = processes.total(sampled)
