@@ -49,7 +49,7 @@ from .data.shapes import CLASS_NAMES, to_uint8
 from .loading import MODELS, load_pipeline, model_config, model_files, trained_noise_settings
 from .pipeline import (DEFAULT_SCHEDULER, GUIDANCE_SCHEDULES, SCHEDULERS, check_guidance,
                        check_num_inference_steps)
-from .sample_files import write_samples
+from .sample_files import write_samples, written_whole
 
 # The official evaluation: DPM-Solver with 250 model evaluations (dimr-reference, "Sampling as the official
 # evaluation does it"); dpm-solver-3s takes one evaluation per step.
@@ -176,10 +176,8 @@ def shard_path(directory, block):
 
 
 def write_shard(path, images, labels):
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
+    with written_whole(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=images, labels=labels)
-    os.replace(tmp, path)
 
 
 def read_shard(path):
@@ -337,10 +335,9 @@ def score(out, settings, reference, inception_weights, device):
     return scores
 
 
-def write_json(path, record_):
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(record_, indent=1) + "\n")
-    os.replace(tmp, path)
+def write_json(path, content):
+    with written_whole(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=1) + "\n")
 
 
 def cli_main(args):

@@ -9,6 +9,7 @@ the images in parts, `image_batches` reads them back in batches. Members are sto
 does, and with a fixed date, so that the same samples always give the same bytes (comparable by checksum).
 """
 
+import contextlib
 import os
 import zipfile
 from pathlib import Path
@@ -19,15 +20,28 @@ import torch
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip entry can carry
 
 
-def write_samples(path, shape, parts):
-    """Write an ADM-layout sample file from parts (uint8 images [n, H, W, 3], labels [n]) that add up to `shape`
-    (N, H, W, 3). Written to `path`.partial and renamed, so a file under `path` is always complete."""
+@contextlib.contextmanager
+def written_whole(path):
+    """Yields a path to write instead of `path`, renamed to `path` once the block ends without an error: a file
+    under `path` is always complete."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
+    yield tmp
+    os.replace(tmp, path)
+
+
+def write_samples(path, shape, parts):
+    """Write an ADM-layout sample file (whole or not at all) from parts (uint8 images [n, H, W, 3], labels [n])
+    that add up to `shape` (N, H, W, 3)."""
+    with written_whole(path) as tmp:
+        _write_samples(tmp, shape, parts)
+
+
+def _write_samples(path, shape, parts):
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
               "shape": tuple(shape)}
     labels, written = [], 0
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         with archive.open(_entry("arr_0.npy"), "w", force_zip64=True) as member:
             np.lib.format.write_array_header_2_0(member, header)
             for images, part_labels in parts:
@@ -41,7 +55,6 @@ def write_samples(path, shape, parts):
             raise ValueError(f"{path}: the parts hold {written} images, expected {shape[0]}")
         with archive.open(_entry("arr_1.npy"), "w", force_zip64=True) as member:
             np.lib.format.write_array(member, np.concatenate(labels))
-    os.replace(tmp, path)
 
 
 def _entry(name):
@@ -80,7 +93,8 @@ def image_batches(path, batch_size):
                 n = min(batch_size, count - start)
                 data = member.read(n * height * width * 3)
                 images = np.frombuffer(data, dtype=np.uint8).reshape(n, height, width, 3)
-                yield torch.from_numpy(images.copy()).permute(0, 3, 1, 2)
+                # A contiguous copy: a network given a channels-last view picks other kernels, other last bits.
+                yield torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
 
 
 def read_samples(path):

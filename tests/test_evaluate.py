@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from dimr.__main__ import main
+from dimr.distortion import generated_images
+from dimr.sample_files import write_samples
 
 SAMPLES, BATCH, STEPS = 20, 4, 4  # five blocks of the tiny DiMR, four sampling steps each
 JOB = ["--model", "tiny-dimr", "--samples", str(SAMPLES), "--steps", str(STEPS)]
@@ -145,3 +147,16 @@ def test_a_finished_job_is_scored_again_not_resampled(one_process, tmp_path, cap
     assert copy.read_bytes() == one_process.read_bytes()
     assert main(["evaluate", *JOB, "--batch-size", "5", "--out", str(copy)]) == 2
     assert "batch_size 4 there, 5 now" in capsys.readouterr().err
+
+
+def test_distortion_judges_a_samples_file_as_it_judges_its_own_samples(tmp_path):
+    images, labels = generated_images("tiny-dimr", SAMPLES, num_inference_steps=STEPS, progress=False)
+    hwc = images.permute(0, 2, 3, 1).numpy()
+    write_samples(tmp_path / "s.npz", hwc.shape, [(hwc, labels.numpy())])
+    assert main(["distortion", "--model", "tiny-dimr", "--samples", str(SAMPLES), "--steps", str(STEPS),
+                 "--json", str(tmp_path / "model.json")]) == 0
+    assert main(["distortion", "--images", str(tmp_path / "s.npz"), "--json", str(tmp_path / "file.json")]) == 0
+    own, given = (json.loads((tmp_path / name).read_text()) for name in ("model.json", "file.json"))
+    assert given["settings"]["samples"] == SAMPLES
+    assert {k: v for k, v in own.items() if k not in ("model", "settings")} \
+        == {k: v for k, v in given.items() if k not in ("model", "settings")}
