@@ -4,8 +4,8 @@
     torchrun --nproc_per_node 8 -m dimr evaluate --model DiMR-XL/2R --samples 50000 --out runs/xl.npz \\
         --reference VIRTUAL_imagenet256_labeled.npz
 
-One process per GPU (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK; nccl on GPUs, gloo on CPUs); a plain
-`python -m dimr evaluate` is one process. Defaults: for the released ImageNet models the paper's evaluation
+One process per GPU (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK; the processes exchange only counts, over gloo);
+a plain `python -m dimr evaluate` is one process. Defaults: for the released ImageNet models the paper's evaluation
 (dpm-solver-3s, 250 model evaluations as the official DPM-Solver run, constant guidance 1.4); for the shapes models
 the demo's (dimr.defaults).
 
@@ -111,6 +111,8 @@ def job_settings(args):
     check_num_inference_steps(steps)
     check_guidance(guidance, args.guidance_schedule, args.guidance_power)
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but this machine has no GPU that torch can use")
     speed = args.speed or default_mode(device_type)
     if speed != "none" and device_type != "cuda":
         raise ValueError(f"--speed {speed} needs a GPU; on a CPU only 'none' (float32) is sensible")
@@ -194,10 +196,13 @@ class Processes:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
         if self.device.type == "cuda":
+            if local_rank >= torch.cuda.device_count():
+                raise ValueError(f"process {local_rank} of this node has no GPU of its own: the node has "
+                                 f"{torch.cuda.device_count()}; start at most that many (--nproc_per_node)")
             torch.cuda.set_device(self.device)
         if self.world > 1:
-            # Counts and lists travel as CPU tensors over gloo; nccl is there for whatever runs on the GPUs.
-            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if self.device.type == "cuda" else "gloo")
+            # The processes only exchange a few numbers (CPU tensors): gloo, on GPU machines too.
+            dist.init_process_group(backend="gloo")
 
     def barrier(self):
         if self.world > 1:
