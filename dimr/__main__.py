@@ -10,6 +10,7 @@ COMMANDS = {
     "sample": ("dimr.sample_cli", "generate images (and per-branch predictions) to PNG files"),
     "train": ("dimr.train", "train a small pixel-space DiMR on the shapes dataset"),
     "distortion": ("dimr.distortion", "measure the distortion rate of a model's samples"),
+    "reproduce": ("dimr.reproduce", "train both lab models from scratch side by side, measure them (and install)"),
     "evaluate": ("dimr.evaluate", "sample N images across processes/GPUs (torchrun) into one file and score it"),
     "fid": ("dimr.fid", "Inception FID of a sample file against a reference"),
 }

@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .classifier import CLASSIFIER_DIR, JUDGE_CLASSES, NONE, load_classifier
 from .data.shapes import CLASS_NAMES, make_dataset, to_uint8
@@ -67,8 +68,11 @@ def real_images(num_samples, seed=REAL_SEED):
 
 
 def generated_images(model, num_samples, num_inference_steps=SHAPES_STEPS, guidance_scale=SHAPES_GUIDANCE,
-                     sampler=None, seed=0, batch_size=100, device=None, progress=True, total_samples=None):
-    """Samples of a bundled model name or checkpoint directory via the pipeline, uint8 [N, 3, 32, 32] and labels.
+                     sampler=None, seed=0, batch_size=100, device=None, progress=True, total_samples=None,
+                     refinement=False):
+    """Samples of a bundled model name or checkpoint directory via the pipeline, uint8 [N, 3, 32, 32] and labels;
+    with refinement=True also `branch_refinement` of every sample and the model's branch_scales (None for a
+    single-branch model).
 
     total_samples (default num_samples): the size of the run whose first num_samples samples these are, so a
     few samples of a stored measurement can be redrawn exactly."""
@@ -86,13 +90,47 @@ def generated_images(model, num_samples, num_inference_steps=SHAPES_STEPS, guida
     # All noise drawn up front on the CPU: the same samples whatever the batch size or device.
     noise = torch.randn(total_samples or num_samples, 3, size, size, generator=torch.Generator().manual_seed(seed))
     noise = noise[:num_samples]
-    images = []
+    trace_branches = refinement and len(pipe.model.branch_scales) > 1
+    images, moves = [], []
     for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling {model}", disable=not progress):
         out = pipe(labels[start : start + batch_size].tolist(), guidance_scale=guidance_scale,
                    num_inference_steps=num_inference_steps, latents=noise[start : start + batch_size],
-                   output_type="pt").images
-        images.append(to_uint8(out.cpu() * 2 - 1))
+                   output_type="pt", return_branches=trace_branches, branch_steps=[])
+        images.append(to_uint8(out.images.cpu() * 2 - 1))
+        if trace_branches:
+            moves.append(branch_refinement(out.branches.x0_pred))
+    if refinement:
+        if not moves:
+            return torch.cat(images), labels, None
+        merged = {k: torch.cat([m[k] for m in moves], dim=1) for k in moves[0]}
+        return torch.cat(images), labels, {**merged, "scales": pipe.model.branch_scales}
     return torch.cat(images), labels
+
+
+def branch_refinement(x0_pred):
+    """What each finer branch does to the estimate of the branch below it, per sample.
+
+    x0_pred: every branch's clean estimate at every step, [S, B, C, H/f, W/f], lowest resolution first (a
+    BranchTrace's). For each finer branch l >= 1, with r its resolution over branch l - 1's:
+      "moved":  mean |avg_pool_r(estimate_l) - estimate_(l-1)| over all steps: how far it moves the coarse content
+                it was given (0 when it keeps the layout the coarser branch drew);
+      "detail": mean |estimate_l - its own avg_pool_r, upsampled back| at the last step: the content it adds below
+                the coarser grid.
+    Both in 0..255 pixel units, as tensors [L - 1, B]."""
+    moved, detail = [], []
+    for coarse, fine in zip(x0_pred, x0_pred[1:]):
+        r = fine.shape[-1] // coarse.shape[-1]
+        pooled = F.avg_pool2d(fine.flatten(0, 1), r).unflatten(0, fine.shape[:2])
+        moved.append((pooled - coarse).abs().mean(dim=(0, 2, 3, 4)) * 127.5)
+        detail.append(fine_detail(fine[-1], r))
+    return {"moved": torch.stack(moved), "detail": torch.stack(detail)}
+
+
+def fine_detail(images, r):
+    """Mean |x - nearest_up(avg_pool_r(x))| per image [N] in 0..255 units, for images [N, C, H, W] in [-1, 1]:
+    the content finer than an r x r grid (what a branch r times finer than another can add)."""
+    coarse = F.interpolate(F.avg_pool2d(images, r), scale_factor=r, mode="nearest")
+    return (images - coarse).abs().mean(dim=(1, 2, 3)) * 127.5
 
 
 @functools.lru_cache(maxsize=1)
@@ -182,6 +220,23 @@ def real_reference(classifier, num_samples, seed=REAL_SEED):
     return classifier.probabilities_and_features(images)[1], labels
 
 
+def refinement_by_class(moves, labels, real, real_labels):
+    """Per class, for each finer branch: the mean "moved" and "detail" of `branch_refinement` over the samples
+    (from `generated_images(refinement=True)`), and the detail real renders have at that branch's resolution (what
+    a branch that draws the class right adds). Rounded to 0.01 (0..255 units)."""
+    scales = moves["scales"]
+    real = real.float() / 127.5 - 1
+    real_detail = [fine_detail(F.avg_pool2d(real, fine) if fine > 1 else real, coarse // fine)
+                   for coarse, fine in zip(scales, scales[1:])]
+    summary = {}
+    for k, name in enumerate(CLASS_NAMES):
+        mine, theirs = labels == k, real_labels == k
+        summary[name] = {"moved": [round(float(m[mine].mean()), 2) for m in moves["moved"]],
+                         "detail": [round(float(d[mine].mean()), 2) for d in moves["detail"]],
+                         "real_detail": [round(float(d[theirs].mean()), 2) for d in real_detail]}
+    return summary
+
+
 def flag_frames(flagged_indices, num_images):
     """Grid border colours: red around flagged samples, none around the rest."""
     flagged = set(flagged_indices)
@@ -215,6 +270,13 @@ def format_result(name, result):
         if result["fid_per_class"]:
             per_class_fid = ", ".join(f"{k} {v:.3g}" for k, v in result["fid_per_class"].items())
             lines.append(f"  FID per class: {per_class_fid}")
+    if "refinement" in result:
+        lines.append("  finer branches (0..255 units): moved = how far each moves the coarser branch's estimate (mean "
+                     "over steps), detail = what it adds below the coarser grid at the end (real shapes: in brackets)")
+        for name, r in result["refinement"].items():
+            pairs = "; ".join(f"branch {l + 1}: moved {m:.1f}, detail {d:.1f} ({real:.1f})"
+                              for l, (m, d, real) in enumerate(zip(r["moved"], r["detail"], r["real_detail"])))
+            lines.append(f"    {name}: {pairs}")
     return "\n".join(lines)
 
 
@@ -265,13 +327,17 @@ def cli_main(args):
                 raise ValueError(f"{args.images} does not hold shapes samples: the judge takes 32x32 images with "
                                  f"labels 0..{len(CLASS_NAMES) - 1}, got {list(images.shape[-2:])} px and labels "
                                  f"{int(labels.min())}..{int(labels.max())}")
+            moves = None  # a samples file keeps no branch estimates
             settings = {"images": args.images, "samples": len(labels)}
         else:
-            images, labels = generated_images(args.model, args.samples, args.steps, args.guidance, args.sampler,
-                                              args.seed, args.batch_size, args.device)
+            images, labels, moves = generated_images(args.model, args.samples, args.steps, args.guidance,
+                                                     args.sampler, args.seed, args.batch_size, args.device,
+                                                     refinement=True)
             settings = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler or DEFAULT_SCHEDULER,
                         "seed": args.seed, "samples": args.samples}
         result = measure(images, labels, classifier, args.threshold)
+        if moves is not None:
+            result["refinement"] = refinement_by_class(moves, labels, *real_images(len(labels), FLOOR_SEED))
     print(format_result(args.model or args.images, result))
     if args.save_grid:
         shown = len(images) if args.grid_samples is None else min(args.grid_samples, len(images))

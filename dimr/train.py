@@ -44,7 +44,6 @@ from safetensors.torch import load_file, save_file
 from .config import REPO_ROOT
 from .data.shapes import make_dataset, to_model_range
 from .grids import class_grid, save_png
-from .loading import CHECKPOINTS_DIR
 from .lockstep import Lockstep
 from .objective import alphas_cumprod, diffusion_loss, sample_timesteps
 from .pipeline import make_scheduler
@@ -392,7 +391,8 @@ def add_cli_arguments(parser):
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint if it exists")
     parser.add_argument("--init-from", help="start from the weights of an exported model directory")
     parser.add_argument("--run-dir", help="where checkpoints, logs and sample grids go (default runs/NAME)")
-    parser.add_argument("--export", help="export the EMA model here at the end (default checkpoints/NAME; 'none' to skip)")
+    parser.add_argument("--export", help="export the EMA model here at the end (default RUN_DIR/model; 'none' to "
+                                         "skip); the bundled models change only when it names checkpoints/NAME")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step (CUDA; falls back to eager)")
     parser.add_argument("--sync-dir", help="keep in lockstep with other runs using the same directory (shared GPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -425,8 +425,9 @@ def cli_main(args):
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    export = args.export or str(CHECKPOINTS_DIR / config["name"])
-    train(config, args.run_dir or RUNS_DIR / config["name"], device=device, max_steps=args.max_steps,
+    run_dir = Path(args.run_dir or RUNS_DIR / config["name"])
+    export = args.export or str(run_dir / "model")
+    train(config, run_dir, device=device, max_steps=args.max_steps,
           max_minutes=args.max_minutes, resume=args.resume, export_dir=None if export == "none" else export,
           compile=args.compile, sync_dir=args.sync_dir, log_every=args.log_every,
           checkpoint_minutes=args.checkpoint_minutes, sample_minutes=args.sample_minutes,
