@@ -1,4 +1,4 @@
-"""Command line: `python -m dimr {convert,sample,train,distortion,reproduce} ...` (`dimr ...` once `pip install -e .`)."""
+"""Command line: `python -m dimr COMMAND ...` (`dimr COMMAND ...` once `pip install -e .`); COMMANDS lists them."""
 
 import argparse
 import importlib
@@ -11,6 +11,8 @@ COMMANDS = {
     "train": ("dimr.train", "train a small pixel-space DiMR on the shapes dataset"),
     "distortion": ("dimr.distortion", "measure the distortion rate of a model's samples"),
     "reproduce": ("dimr.reproduce", "train both lab models from scratch side by side, measure them (and install)"),
+    "evaluate": ("dimr.evaluate", "sample N images across processes/GPUs (torchrun) into one file and score it"),
+    "fid": ("dimr.fid", "Inception FID of a sample file against a reference"),
 }
 
 

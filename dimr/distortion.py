@@ -2,6 +2,7 @@
 
     python -m dimr distortion --model tiny-dimr --samples 500 [--steps 25 --guidance 3] [--save-grid g.png]
     python -m dimr distortion --model real --samples 500        # the floor: real renders against real renders
+    python -m dimr distortion --images samples.npz              # given samples (dimr.sample_files, with labels)
 
 In the spirit of the paper's "distortion rate" (the share of samples a classifier trained on real images
 flags as low fidelity): a sample is flagged when the judge's probability of the class it was asked for is
@@ -202,6 +203,16 @@ def distortion_rate(images, labels, classifier, threshold=THRESHOLD, reference=N
     return result
 
 
+def measure(images, labels, classifier, threshold=THRESHOLD):
+    """What `distortion` reports for samples: `distortion_rate` against as many real renders, with real against
+    real (the floor) under "real"."""
+    reference = real_reference(classifier, len(labels))
+    floor = distortion_rate(*real_images(len(labels), FLOOR_SEED), classifier, threshold, reference)
+    result = distortion_rate(images, labels, classifier, threshold, reference)
+    result["real"] = {k: floor[k] for k in ("rate", "fid", "precision", "recall", "fid_per_class")}
+    return result
+
+
 def real_reference(classifier, num_samples, seed=REAL_SEED):
     """The judge's features [N, D] and the labels [N] of `num_samples` real renders: the reference of FID and P/R."""
     images, labels = real_images(num_samples, seed)
@@ -269,8 +280,10 @@ def format_result(name, result):
 
 
 def add_cli_arguments(parser):
-    parser.add_argument("--model", required=True,
-                        help="tiny-dimr, tiny-baseline, a checkpoint directory, or 'real' for rendered data")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="tiny-dimr, tiny-baseline, a checkpoint directory, or 'real' for rendered data")
+    source.add_argument("--images", help="judge the samples in this .npz (arr_0 uint8 [N, 32, 32, 3], arr_1 labels: "
+                                         "what `dimr evaluate` writes) instead of sampling")
     parser.add_argument("--samples", type=int, default=500, help="number of samples (classes spread evenly)")
     parser.add_argument("--steps", type=int, default=SHAPES_STEPS, help="sampling steps (default: the demo's)")
     parser.add_argument("--guidance", type=float, default=SHAPES_GUIDANCE,
@@ -296,30 +309,40 @@ def cli_main(args):
         raise ValueError(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.grid_samples is not None and args.grid_samples < 1:
         raise ValueError(f"--grid-samples must be at least 1, got {args.grid_samples}")
-    if args.store and args.model == "real":
-        raise ValueError("--store needs a model: real data has no model directory to store the result in")
+    if args.store and not (args.model and args.model != "real"):
+        raise ValueError("--store needs a model: real data and a samples file have no model directory to store "
+                         "the result in")
     classifier = load_classifier(args.classifier)
-    reference = real_reference(classifier, args.samples)
-    floor_images, floor_labels = real_images(args.samples, FLOOR_SEED)
-    floor = distortion_rate(floor_images, floor_labels, classifier, args.threshold, reference)
     if args.model == "real":
-        images, labels, result = floor_images, floor_labels, floor
+        images, labels = real_images(args.samples, FLOOR_SEED)
+        result = distortion_rate(images, labels, classifier, args.threshold, real_reference(classifier, args.samples))
         settings = {"data": f"rendered shapes, seed {FLOOR_SEED}, against seed {REAL_SEED}"}
     else:
-        images, labels, moves = generated_images(args.model, args.samples, args.steps, args.guidance, args.sampler,
-                                                 args.seed, args.batch_size, args.device, refinement=True)
-        settings = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler or DEFAULT_SAMPLER,
-                    "seed": args.seed, "samples": args.samples}
-        result = distortion_rate(images, labels, classifier, args.threshold, reference)
-        result["real"] = {k: floor[k] for k in ("rate", "fid", "precision", "recall", "fid_per_class")}
+        if args.images:
+            from .sample_files import read_samples
+
+            images, labels = read_samples(args.images)
+            if images.shape[-2:] != (32, 32) or int(labels.min()) < 0 or int(labels.max()) >= len(CLASS_NAMES):
+                raise ValueError(f"{args.images} does not hold shapes samples: the judge takes 32x32 images with "
+                                 f"labels 0..{len(CLASS_NAMES) - 1}, got {list(images.shape[-2:])} px and labels "
+                                 f"{int(labels.min())}..{int(labels.max())}")
+            moves = None  # a samples file keeps no branch estimates
+            settings = {"images": args.images, "samples": len(labels)}
+        else:
+            images, labels, moves = generated_images(args.model, args.samples, args.steps, args.guidance,
+                                                     args.sampler, args.seed, args.batch_size, args.device,
+                                                     refinement=True)
+            settings = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler or DEFAULT_SAMPLER,
+                        "seed": args.seed, "samples": args.samples}
+        result = measure(images, labels, classifier, args.threshold)
         if moves is not None:
-            result["refinement"] = refinement_by_class(moves, labels, floor_images, floor_labels)
-    print(format_result(args.model, result))
+            result["refinement"] = refinement_by_class(moves, labels, *real_images(len(labels), FLOOR_SEED))
+    print(format_result(args.model or args.images, result))
     if args.save_grid:
         shown = len(images) if args.grid_samples is None else min(args.grid_samples, len(images))
         frames = flag_frames(result["flagged_indices"], shown)
         save_png(tile(images[:shown], len(CLASS_NAMES), pad=2, scale=2, frames=frames), args.save_grid)
-    record = {"model": args.model, "settings": settings, **result}
+    record = {"model": args.model or args.images, "settings": settings, **result}
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     if args.store:
