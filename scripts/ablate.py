@@ -7,13 +7,14 @@ An arms file: {"stage": "stage1", "steps": 1500, "batch_size": 64, "samples": 20
                "arms": [{"name": "current", "config": "tiny-dimr"},
                         {"name": "v-cosine", "config": "tiny-dimr",
                          "set": {"diffusion.prediction_type": "v_prediction", "train.lr": 0.002}}]}
-("set" overrides config fields by dotted path; an arm may also set its own "steps".)
+("set" overrides config fields by dotted path; an arm may also set its own "steps" and "batch_size".)
 
 Every arm runs as two processes of one CPU thread each (`python -m dimr train`, then `python -m dimr distortion`),
 `--parallel` arms at a time. Everything goes to runs/ablations/<stage>/<arm>/ and is resumable: a finished arm is
 skipped, an interrupted one continues from its last checkpoint. The table printed at the end (and written as
 results.md) has, per arm: images seen, training minutes and images/s, the final branch's loss over the last 10%
-of steps, and the measure: misdrawn rate, judge-feature FID, precision and recall.
+of steps, the measure (misdrawn rate, judge-feature FID, precision and recall), and how well the final branch
+denoises real renders at four noise levels (`denoising_error`: the high levels decide a sample's layout).
 """
 
 import argparse
@@ -52,7 +53,7 @@ def run_arm(arm, plan, log):
     result_file = out / "result.json"
     if not result_file.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        config = arm_config(arm, plan["batch_size"])
+        config = arm_config(arm, arm.get("batch_size", plan["batch_size"]))
         (out / "arm-config.json").write_text(json.dumps(config, indent=1))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         steps = arm.get("steps", plan["steps"])
@@ -72,8 +73,44 @@ def run_arm(arm, plan, log):
     return row(arm["name"], out)
 
 
+# The denoising check's noise levels, as abar (signal power): each model is asked at the timestep of its own
+# schedule nearest in abar, so models on different schedules are compared at the same signal-to-noise ratio.
+NOISE_LEVELS = (0.7, 0.3, 0.1, 0.02)
+
+
+def denoising_error(model_dir, num_images=500):
+    """RMSE (0..255 units) of the final branch's clean estimate of real renders noised to each abar of NOISE_LEVELS:
+    how well the model denoises at each noise level, comparable across prediction types and schedules. The
+    high levels are where a sample's layout is decided; a model that fails there draws blobs from noise."""
+    import torch
+
+    from dimr.distortion import REAL_SEED, real_images
+    from dimr.data.shapes import to_model_range
+    from dimr.loading import load_pipeline
+    from dimr.pipeline import branch_x0
+
+    pipe = load_pipeline(model_dir, device="cpu")
+    images, labels = real_images(num_images, REAL_SEED)
+    x0 = to_model_range(images)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    errors = {}
+    table = pipe.scheduler.alphas_cumprod
+    for level in NOISE_LEVELS:
+        k = int((table - level).abs().argmin())
+        abar = table[k]
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        with torch.inference_mode():
+            out = pipe.model.forward_branches(x_t, torch.tensor(float(k)), labels)[-1]
+        estimate = branch_x0(x_t, out, 1, abar, pipe.scheduler.config.prediction_type)
+        errors[level] = round(float((estimate.clamp(-1, 1) - x0).square().mean().sqrt()) * 127.5, 2)
+    return errors
+
+
 def row(name, out):
     result = json.loads((out / "result.json").read_text())
+    if not (out / "denoising.json").is_file():
+        (out / "denoising.json").write_text(json.dumps(denoising_error(out / "model")))
+    denoising = json.loads((out / "denoising.json").read_text())
     records = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]
     training = json.loads((out / "model" / "training.json").read_text())
     tail = records[-max(1, len(records) // 10):]
@@ -82,16 +119,19 @@ def row(name, out):
             "images_per_s": round(training["images_seen"] / max(training["train_minutes"] * 60, 1e-9), 1),
             "final_branch_loss": round(final_loss, 4), "misdrawn": round(result["rate"], 3),
             "fid": round(result["fid"], 2), "precision": round(result["precision"], 3),
-            "recall": round(result["recall"], 3), "per_class": result["per_class"]}
+            "recall": round(result["recall"], 3), "denoising_rmse": denoising, "per_class": result["per_class"]}
 
 
 def table(rows):
-    lines = ["| arm | images | CPU min | img/s | final-branch loss | misdrawn | FID | precision | recall |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    levels = " / ".join(str(k) for k in NOISE_LEVELS)
+    lines = [f"| arm | images | CPU min | img/s | final-branch loss | misdrawn | FID | precision | recall | "
+             f"denoising RMSE at abar = {levels} |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        denoising = " / ".join(f"{r['denoising_rmse'][str(k)]:.1f}" for k in NOISE_LEVELS)
         lines.append(f"| {r['arm']} | {r['images']:,} | {r['minutes']:.1f} | {r['images_per_s']:.0f} | "
                      f"{r['final_branch_loss']:.4f} | {100 * r['misdrawn']:.1f}% | {r['fid']:.1f} | "
-                     f"{r['precision']:.2f} | {r['recall']:.2f} |")
+                     f"{r['precision']:.2f} | {r['recall']:.2f} | {denoising} |")
     return "\n".join(lines)
 
 
@@ -104,7 +144,7 @@ def main():
     plan = json.loads(Path(args.arms).read_text())
     arms = [a for a in plan["arms"] if not args.only or a["name"] in args.only]
     for arm in arms:
-        arm_config(arm, plan["batch_size"])  # a bad override fails here, before hours of training
+        arm_config(arm, arm.get("batch_size", plan["batch_size"]))  # a bad override fails here, before hours of training
 
     def log(message):
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
