@@ -76,10 +76,14 @@ def run_arm(arm, plan, log):
 # The denoising check's noise levels, as abar (signal power): each model is asked at the timestep of its own
 # schedule nearest in abar, so models on different schedules are compared at the same signal-to-noise ratio.
 NOISE_LEVELS = (0.7, 0.3, 0.1, 0.02)
+# How much the class changes that estimate (RMS against the null class), at a noise level where the layout forms:
+# a model that barely listens to its class cannot draw a ring rather than a blob.
+CLASS_EFFECT_LEVEL = 0.1
 
 
 def denoising_error(model_dir, num_images=500):
-    """RMSE (0..255 units) of the final branch's clean estimate of real renders noised to each abar of NOISE_LEVELS:
+    """RMSE (0..255 units) of the final branch's clean estimate of real renders noised to each abar of NOISE_LEVELS
+    (and "class_effect", see CLASS_EFFECT_LEVEL):
     how well the model denoises at each noise level, comparable across prediction types and schedules. The
     high levels are where a sample's layout is decided; a model that fails there draws blobs from noise."""
     import torch
@@ -99,18 +103,23 @@ def denoising_error(model_dir, num_images=500):
         k = int((table - level).abs().argmin())
         abar = table[k]
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        with torch.inference_mode():
-            out = pipe.model.forward_branches(x_t, torch.tensor(float(k)), labels)[-1]
-        estimate = branch_x0(x_t, out, 1, abar, pipe.scheduler.config.prediction_type)
-        errors[level] = round(float((estimate.clamp(-1, 1) - x0).square().mean().sqrt()) * 127.5, 2)
+        estimates = []
+        for given in (labels, torch.full_like(labels, pipe.model.null_class)):
+            with torch.inference_mode():
+                out = pipe.model.forward_branches(x_t, torch.tensor(float(k)), given)[-1]
+            estimates.append(branch_x0(x_t, out, 1, abar, pipe.scheduler.config.prediction_type).clamp(-1, 1))
+        errors[level] = round(float((estimates[0] - x0).square().mean().sqrt()) * 127.5, 2)
+        if level == CLASS_EFFECT_LEVEL:
+            errors["class_effect"] = round(float((estimates[0] - estimates[1]).square().mean().sqrt()) * 127.5, 2)
     return errors
 
 
 def row(name, out):
     result = json.loads((out / "result.json").read_text())
-    if not (out / "denoising.json").is_file():
-        (out / "denoising.json").write_text(json.dumps(denoising_error(out / "model")))
-    denoising = json.loads((out / "denoising.json").read_text())
+    cached = out / "denoising.json"
+    if not cached.is_file():
+        cached.write_text(json.dumps(denoising_error(out / "model")))
+    denoising = json.loads(cached.read_text())
     records = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]
     training = json.loads((out / "model" / "training.json").read_text())
     tail = records[-max(1, len(records) // 10):]
@@ -125,13 +134,14 @@ def row(name, out):
 def table(rows):
     levels = " / ".join(str(k) for k in NOISE_LEVELS)
     lines = [f"| arm | images | CPU min | img/s | final-branch loss | misdrawn | FID | precision | recall | "
-             f"denoising RMSE at abar = {levels} |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"denoising RMSE at abar = {levels} | class effect |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         denoising = " / ".join(f"{r['denoising_rmse'][str(k)]:.1f}" for k in NOISE_LEVELS)
         lines.append(f"| {r['arm']} | {r['images']:,} | {r['minutes']:.1f} | {r['images_per_s']:.0f} | "
                      f"{r['final_branch_loss']:.4f} | {100 * r['misdrawn']:.1f}% | {r['fid']:.1f} | "
-                     f"{r['precision']:.2f} | {r['recall']:.2f} | {denoising} |")
+                     f"{r['precision']:.2f} | {r['recall']:.2f} | {denoising} | "
+                     f"{r['denoising_rmse']['class_effect']:.1f} |")
     return "\n".join(lines)
 
 
