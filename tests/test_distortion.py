@@ -172,3 +172,36 @@ def test_a_model_of_other_classes_is_refused(tmp_path, capsys):
     model.save_pretrained(tmp_path / "other")
     assert main(["distortion", "--model", str(tmp_path / "other"), "--samples", "4", "--steps", "1"]) == 2
     assert "was not trained on the shapes classes" in capsys.readouterr().err
+
+
+def test_branch_refinement_tells_a_finer_branch_that_adds_detail_from_one_that_moves_the_layout():
+    from dimr.distortion import branch_refinement
+
+    coarse = torch.rand(3, 2, 3, 8, 8) * 2 - 1  # [steps, batch, C, 8, 8]
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 0.4 - 0.2  # averages 0 over 2x2
+    keeps = coarse.repeat_interleave(2, -1).repeat_interleave(2, -2) + checker
+    moves = keeps + 0.2  # the same detail, on a layout 0.2 brighter everywhere
+    kept, moved = branch_refinement([coarse, keeps]), branch_refinement([coarse, moves])
+    torch.testing.assert_close(kept["moved"], torch.zeros(1, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(moved["moved"], torch.full((1, 2), 0.2 * 127.5), atol=1e-3, rtol=0)
+    # Both add the checkerboard (|0.2| at every pixel) below the coarse grid.
+    torch.testing.assert_close(kept["detail"], torch.full((1, 2), 0.2 * 127.5), atol=1e-3, rtol=0)
+    torch.testing.assert_close(moved["detail"], kept["detail"])
+
+
+def test_the_measure_of_a_multi_branch_model_reports_its_branches_per_class(tmp_path, capsys):
+    model = DiMRModel(channels=3, num_classes=len(CLASS_NAMES) + 1, class_names=CLASS_NAMES, stage_configs=[
+        {"block_type": "TransformerBlock", "dim": 32, "hidden_dim": 64, "num_attention_heads": 2, "num_blocks": 1,
+         "max_height": 8, "max_width": 8, "input_feature_ratio": 4},
+        {"block_type": "ConvNeXtBlock", "dim": 16, "hidden_dim": 32, "kernel_size": 7, "num_blocks": 1,
+         "max_height": 32, "max_width": 32}])
+    model.save_pretrained(tmp_path / "model")
+    out_json = tmp_path / "result.json"
+    assert main(["distortion", "--model", str(tmp_path / "model"), "--samples", "20", "--steps", "2",
+                 "--json", str(out_json)]) == 0
+    refinement = json.loads(out_json.read_text())["refinement"]
+    assert set(refinement) == set(CLASS_NAMES)
+    # One finer branch (32x32 over 8x8): one number each; real stripes have more detail below 4x4 than circles.
+    assert all(len(r["moved"]) == len(r["detail"]) == len(r["real_detail"]) == 1 for r in refinement.values())
+    assert refinement["stripes"]["real_detail"][0] > refinement["circle"]["real_detail"][0]
+    assert "moved = how far each moves the coarser branch's estimate" in capsys.readouterr().out
