@@ -323,7 +323,7 @@ def imagenet_tab():
                            format="png", elem_classes="pixelated", elem_id="imagenet-panel")
 
     compared = on(button.click, compare_imagenet, c, [dimr, dit, panel, status], api_name="compare_imagenet",
-                  preprocess=False, concurrency_id="device", concurrency_limit=1)
+                  preprocess=False, concurrency_id="imagenet", concurrency_limit=1)
     on(compared.failure, last_refusal, c, status, **PRIVATE)
 
 
