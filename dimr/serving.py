@@ -52,6 +52,22 @@ class ModelUnavailable(ValueError):
     """A model cannot be loaded on this server; the message says so to a visitor, then what the operator must do."""
 
 
+def unavailable(missing):
+    """A ModelUnavailable for models this server lacks and cannot download now; missing: {what: how to install it}
+    (dimr.loading.missing_parts), each named with what the operator must do."""
+    names = " and ".join(missing) if len(missing) < 3 else ", ".join(list(missing)[:-1]) + f" and {list(missing)[-1]}"
+    one = len(missing) == 1
+    return ModelUnavailable(f"{names} {'is' if one else 'are'} not installed on this server, and it cannot download "
+                            f"{'it' if one else 'them'} now (the Hugging Face hub cannot be reached, or HF_HUB_OFFLINE "
+                            f"is set); {' and '.join(BUNDLED)} work meanwhile. What the operator of this demo must "
+                            f"do:\n{how_list(missing)}")
+
+
+def how_list(missing):
+    """'- what: how.' per line, for {what: how to install it}."""
+    return "\n".join(f"- {what}: {how}." for what, how in missing.items())
+
+
 def load(model_name, sampler=DEFAULT_SAMPLER):
     """The pipeline for a model on the demo's device (networks are loaded once and kept in dimr.caches)."""
     mode = acceleration_mode()
