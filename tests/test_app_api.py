@@ -119,13 +119,14 @@ BAD_REQUESTS = {
     "more steps than the demo allows": (dict(num_inference_steps=500), "use 1..250"),
     "fractional steps": (dict(num_inference_steps=2.5), "num_inference_steps must be an integer, got 2.5"),
     "steps as text": (dict(num_inference_steps="many"), "num_inference_steps must be an integer, got 'many'"),
-    "negative guidance": (dict(guidance_scale=-1), "guidance_scale=-1 is negative"),
-    "more guidance than the demo allows": (dict(guidance_scale=12), "guidance_scale=12 is more than the demo allows: "
-                                                                     "use 0..10"),
+    "negative guidance": (dict(guidance_scale=-1), "guidance_scale=-1 is out of range: use 0..10"),
+    "more guidance than the demo allows": (dict(guidance_scale=12), "guidance_scale=12 is out of range: use 0..10"),
     "guidance as text": (dict(guidance_scale="strong"), "guidance_scale must be a finite number, got 'strong'"),
     "unknown schedule": (dict(guidance_schedule="linear"), "guidance_schedule 'linear' is not one of constant, "
                                                            "power-cosine"),
-    "zero power": (dict(guidance_schedule="power-cosine", guidance_power=0), "guidance_power=0 must be positive"),
+    "zero power": (dict(guidance_schedule="power-cosine", guidance_power=0), "guidance_power=0 is out of range: "
+                                                                             "use 0.1..4"),
+    "more power than the demo allows": (dict(guidance_power=4.5), "guidance_power=4.5 is out of range: use 0.1..4"),
     "too many images": (dict(classes=["ring", "star"], images_per_class=9), "18 images; the demo makes at most 16"),
     "images per class as text": (dict(images_per_class="2"), "images_per_class must be an integer, got '2'"),
     "negative seed": (dict(seed=-5), "seed=-5 is out of range: use 0..4294967295"),

@@ -143,7 +143,7 @@ def test_the_patch_grid_marks_every_token_border_and_nothing_else():
 @pytest.mark.parametrize("arguments, message", [
     (dict(classes=["not a class at all"]), "not a class at all"),
     (dict(classes=[]), "no class chosen"),
-    (dict(classes=[1], dit_guidance_scale=-1), "^dit_guidance_scale=-1 is negative"),
+    (dict(classes=[1], dit_guidance_scale=-1), "^dit_guidance_scale=-1 is out of range: use 0..10$"),
     (dict(classes=[1], dimr_guidance_scale=float("nan")), "^dimr_guidance_scale must be a finite number"),
     (dict(classes=[1], dit_guidance_scale="high"), "^dit_guidance_scale must be a finite number"),
     (dict(classes=[1], patch_grid="yes"), "patch_grid must be true or false"),
@@ -214,7 +214,7 @@ def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path, imag
         branches = ["8x8 latent transformer (2x2 px patches)", "16x16 latent ConvNeXt"]
         assert [item["caption"] for item in panel] == [*branches, "final: golden retriever", *branches, "final: macaw"]
         assert "Same noise (seed 0)" in status and "DiT-XL/2: 2 images, 2 steps" in status
-        with pytest.raises(Exception, match="dit_guidance_scale=-2 is negative"):
+        with pytest.raises(Exception, match="dit_guidance_scale=-2 is out of range: use 0..10"):
             client.predict(classes=[1], images_per_class=1, num_inference_steps=2, seed=0, dimr_guidance_scale=1.4,
                            dit_guidance_scale=-2, patch_grid=False, api_name="/compare_imagenet")
 
