@@ -190,7 +190,9 @@ def fit_panel(generation, panel_view):
     steps = generation.request.num_inference_steps
     shapes = catalogue.is_shapes_model(generation.request.model)
     references = as_files(lab.reference_shapes(generation.request.labels)) if shapes else []
-    return (gr.update(value=as_files(generation.branch_panel(view=panel_view)), columns=generation.columns),
+    # The run's answer holds the panel's estimates already; another view is made here.
+    panel = {} if panel_view == ESTIMATES else dict(value=as_files(generation.branch_panel(view=panel_view)))
+    return (gr.update(**panel, columns=generation.columns),
             gr.update(maximum=max(steps, 2), value=steps, interactive=steps > 1, visible=steps > 1),
             generation.panel_note(steps, panel_view), gr.update(value=references, visible=shapes))
 

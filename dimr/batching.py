@@ -231,12 +231,16 @@ class Batcher:
                 for job in jobs:
                     job.run = run
             try:
-                self._run(run)
+                results = self._run(run)
             finally:
                 with self._changed:
                     run.closed = True
                     self._running = None
                     jobs = run.jobs
+            # The run's tensors are freed by now: a requester may end the process as soon as it has its result, and
+            # a daemon thread still inside torch then aborts it.
+            for job in jobs:
+                job._finish(results.get(job.request))
         except Exception as err:  # noqa: BLE001 - handed to the requesters, who re-raise it
             for job in jobs:
                 job._finish(err)
@@ -262,6 +266,7 @@ class Batcher:
         return jobs[1:]
 
     def _run(self, run):
+        """Sample a run; returns {request: finish(...)} for its requests that still wait."""
         pipe, request = run.pipe, run.jobs[0].request
         dev, steps = pipe.device, request.num_inference_steps
         pipe.set_progress_bar_config(disable=True)
@@ -293,12 +298,9 @@ class Batcher:
         seconds = time.perf_counter() - began
         with self._changed:
             run.closed = True
-            jobs = list(run.jobs)
-        waiting = {job.request for job in jobs if not job.finished.is_set()}
-        results = {r: self._result_of(pipe, r, part_of(out, *span), seconds) for r, span in run.spans.items()
-                   if r in waiting}
-        for job in jobs:
-            job._finish(results.get(job.request))
+            waiting = {job.request for job in run.jobs if not job.finished.is_set()}
+        return {r: self._result_of(pipe, r, part_of(out, *span), seconds) for r, span in run.spans.items()
+                if r in waiting}
 
     def warm_up(self, load):
         """In the background: load = a function returning the pipeline to serve; it is called (so the weights load
