@@ -396,4 +396,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serving.start(catalogue.default_model())
     demo.queue(max_size=64).launch(theme=THEME, css_paths=[ROOT / "assets" / "app.css"],
-                                   js=(ROOT / "assets" / "app.js").read_text(), show_error=True)
+                                   head=f"<script>{(ROOT / 'assets' / 'app.js').read_text()}</script>", show_error=True)
