@@ -362,12 +362,12 @@ def imagenet_tab():
         with gr.Column(elem_classes="tab-results"):
             status = gr.Markdown("", label="status", elem_id="imagenet-status")
             with gr.Row():
-                dimr = gr.Gallery(label=dimr_model, columns=2, height="fit-content", format="png",
-                                  elem_id="imagenet-dimr", visible=False, min_width=240)
-                dit = gr.Gallery(label=DIT_NAME, columns=2, height="fit-content", format="png", elem_id="imagenet-dit",
-                                 visible=False, min_width=240)
-            panel = gr.Gallery(label="What each DiMR branch predicts (last step)", columns=3, height="fit-content",
-                               format="png", elem_classes="pixelated", elem_id="imagenet-panel", visible=False)
+                dimr = gr.Gallery(label=dimr_model, columns=2, elem_id="imagenet-dimr", visible=False, min_width=240,
+                                  **GALLERY)
+                dit = gr.Gallery(label=DIT_NAME, columns=2, elem_id="imagenet-dit", visible=False, min_width=240,
+                                 **GALLERY)
+            panel = gr.Gallery(label="What each DiMR branch predicts (last step)", columns=3, elem_id="imagenet-panel",
+                               visible=False, **GALLERY)
 
     galleries = [dimr, dit, panel]
     compared = on(button.click, compare_imagenet, c, [*galleries, status], api_name="compare_imagenet",

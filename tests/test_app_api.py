@@ -233,3 +233,32 @@ def test_handler_inputs_follow_the_handlers_parameter_names(app_module):
         "<num_inference_steps>", "<seed>", "<sampler>"]
     with pytest.raises(KeyError, match="generation"):  # a handler's input without a component fails at build time
         app_module.on(trigger, app_module.fit_panel, components, None)
+
+
+def test_a_refusal_recorded_while_another_handler_reads_refusals_is_kept_for_its_status_line(app_module, monkeypatch):
+    """Handler threads record refusals while others read them: a reader that comes in the middle of a record waits
+    for it, and the visitor's status line gets the reason."""
+    import collections
+    import threading
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    visitor, readers, read = SimpleNamespace(session_hash="a visitor"), [], []
+
+    class Interleaved(collections.OrderedDict):
+        def move_to_end(self, key, last=True):  # in the middle of a record: another handler reads the refusals
+            readers.append(threading.Thread(target=lambda: read.append(app_module.last_refusal(visitor))))
+            readers[-1].start()
+            readers[-1].join(0.5)  # without a lock the reader takes the record now, half made
+            super().move_to_end(key, last)
+
+    monkeypatch.setattr(app_module, "_refusals", Interleaved())
+
+    def refuse():
+        raise ValueError("unknown class name 'unicorn'")
+
+    with pytest.raises(gr.Error, match="unknown class name 'unicorn'"):
+        app_module.checked(visitor, refuse)
+    readers[0].join(30)
+    assert read == ["**Could not run:** unknown class name 'unicorn'"]

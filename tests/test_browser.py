@@ -26,6 +26,7 @@ from PIL import Image
 from app_server import running_app
 from browser import CHROMIUM, SAMPLING_TIMEOUT_MS, chromium_page, generate, open_tab
 from dimr import limits
+from test_dit import put_dit_in_hub_cache, tiny_dit
 
 WIDTHS = [1400, 1024, 390]
 at_every_width = pytest.mark.parametrize("browser_page", WIDTHS, indirect=True, ids=[f"{w}px" for w in WIDTHS])
@@ -66,13 +67,17 @@ LAYOUT_PROBLEMS = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """The app, offline (the released models and DiT are not installed), and its log."""
+def need_chromium():
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does)")
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app, offline (the released models and DiT are not installed), and its log."""
+    need_chromium()
     directory = tmp_path_factory.mktemp("app")
     with running_app(directory) as (url, _):
         yield SimpleNamespace(url=url, log=directory / "app.log")
@@ -311,3 +316,39 @@ def test_every_tab_fits_the_screen_with_only_its_own_settings(app, browser_page)
     page.wait_for_timeout(1000)
     for gallery in ("#imagenet-dimr", "#imagenet-dit", "#imagenet-panel"):
         expect(page.locator(gallery)).to_be_hidden()
+
+
+def test_on_a_phone_the_imagenet_galleries_appear_with_a_comparison_and_keep_clear_of_a_refusal(tmp_path, two_branch,
+                                                                                                tiny_vae):
+    """The tab with both models at hand (a small random DiMR with ImageNet classes as DIMR_MODEL, a small random DiT
+    laid out as facebook/DiT-XL-2-256 in the Hugging Face cache; tests/test_dit.py)."""
+    from playwright.sync_api import expect
+
+    need_chromium()
+    two_branch.model().save_pretrained(tmp_path / "dimr")
+    tiny_vae.save_pretrained(tmp_path / "dimr" / "vae")
+    put_dit_in_hub_cache(tmp_path / "hf-home" / "hub", tiny_dit(), tiny_vae)
+    env = {"DIMR_MODEL": str(tmp_path / "dimr"), "DIMR_DEVICE": "cpu", "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub")}
+    galleries = ("#imagenet-dimr", "#imagenet-dit", "#imagenet-panel")
+    with running_app(tmp_path, env) as (url, _), chromium_page(390, tmp_path / "profile") as page:
+        page.goto(url)
+        open_tab(page, "ImageNet")
+        expect(page.locator("#imagenet-note")).to_contain_text("Weights: at hand.")
+        for gallery in galleries:
+            expect(page.locator(gallery)).to_be_hidden()
+        type_into(page, "#imagenet-steps", 2)
+        page.locator("#imagenet-button").click()
+        status = page.locator("#imagenet-status")
+        expect(status).to_contain_text("Same noise (seed 0)", timeout=SAMPLING_TIMEOUT_MS)
+        for gallery, images in zip(galleries, (2, 2, 2 * 3)):
+            expect(page.locator(f"{gallery} img")).to_have_count(images)
+        assert_layout(page)
+
+        # A refused comparison: its reason in the status line; the galleries keep the last images, no error badge.
+        page.locator("#imagenet-classes").get_by_title("Clear").click()
+        page.keyboard.press("Escape")
+        page.locator("#imagenet-button").click()
+        expect(status).to_contain_text("Could not run: no class chosen")
+        for gallery, images in zip(galleries, (2, 2, 2 * 3)):
+            expect(page.locator(f"{gallery} img")).to_have_count(images)
+            expect(page.locator(gallery)).not_to_contain_text("Error")
