@@ -194,21 +194,25 @@ class Batcher:
 
     def _work(self):
         while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._waiting or self._background)
-                first = self._waiting.pop(0) if self._waiting else None
-                task = None if first else self._background.pop(0)
-            if task is not None:
-                try:
-                    task()
-                except Exception:  # noqa: BLE001 - a failed background task must not end the worker
-                    logger.exception("background task %r failed", task)
-            elif first.stop.is_set():  # left before its turn: nothing is loaded or run for it
-                first._finish(Stopped())
-            elif first.task is not None:
-                self._run_task(first)
-            else:
-                self._sample(first)
+            self._serve_next()
+
+    def _serve_next(self):
+        """Wait for the next request, task or background task and serve it (its references die on return)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._waiting or self._background)
+            first = self._waiting.pop(0) if self._waiting else None
+            task = None if first else self._background.pop(0)
+        if task is not None:
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - a failed background task must not end the worker
+                logger.exception("background task %r failed", task)
+        elif first.stop.is_set():  # left before its turn: nothing is loaded or run for it
+            first._finish(Stopped())
+        elif first.task is not None:
+            self._run_task(first)
+        else:
+            self._sample(first)
 
     def _run_task(self, job):
         def progress(step):
@@ -236,7 +240,9 @@ class Batcher:
                 with self._changed:
                     run.closed = True
                     self._running = None
-                    jobs = run.jobs
+                    # The run lets go of its jobs, so that a job and its result are freed with the requester's last
+                    # reference, not at a rare full garbage collection (a job refers to its run).
+                    jobs, run.jobs = run.jobs, []
             # The run's tensors are freed by now: a requester may end the process as soon as it has its result, and
             # a daemon thread still inside torch then aborts it.
             for job in jobs:

@@ -105,8 +105,8 @@ def setup_note():
     """For the tab: the models a comparison needs that this server does not have, and how to install them; what
     the device means for the wait."""
     missing = missing_models()
-    where = (f"**Not installed on this server: {' and '.join(missing)}.** The first comparison downloads them when the "
-             f"server can reach the Hugging Face hub; offline, the operator installs them first:\n"
+    where = (f"**Not installed on this server: {serving.listed(missing)}.** The first comparison downloads them "
+             f"when the server can reach the Hugging Face hub; offline, the operator installs them first:\n"
              f"{serving.how_list(missing)}\n\n" if missing else "Weights: at hand. ")
     speed = ("On a CPU a comparison takes many minutes (the status shows the estimate before sampling starts)."
              if serving.device().type == "cpu" else f"Device: {serving.device()}.")

@@ -55,17 +55,22 @@ class ModelUnavailable(ValueError):
 def unavailable(missing):
     """A ModelUnavailable for models this server lacks and cannot download now; missing: {what: how to install it}
     (dimr.loading.missing_parts), each named with what the operator must do."""
-    names = " and ".join(missing) if len(missing) < 3 else ", ".join(list(missing)[:-1]) + f" and {list(missing)[-1]}"
     one = len(missing) == 1
-    return ModelUnavailable(f"{names} {'is' if one else 'are'} not installed on this server, and it cannot download "
-                            f"{'it' if one else 'them'} now (the Hugging Face hub cannot be reached, or HF_HUB_OFFLINE "
-                            f"is set); {' and '.join(BUNDLED)} work meanwhile. What the operator of this demo must "
-                            f"do:\n{how_list(missing)}")
+    return ModelUnavailable(f"{listed(missing)} {'is' if one else 'are'} not installed on this server, and it cannot "
+                            f"download {'it' if one else 'them'} now (the Hugging Face hub cannot be reached, or "
+                            f"HF_HUB_OFFLINE is set); {listed(BUNDLED)} work meanwhile. What the operator of this demo "
+                            f"must do:\n{how_list(missing)}")
 
 
 def how_list(missing):
-    """'- what: how.' per line, for {what: how to install it}."""
-    return "\n".join(f"- {what}: {how}." for what, how in missing.items())
+    """'- what: how' per line, for {what: how to install it}."""
+    return "\n".join(f"- {what}: {how}" for what, how in missing.items())
+
+
+def listed(names):
+    """'a', 'a and b', 'a, b and c'."""
+    names = list(names)
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def load(model_name, sampler=DEFAULT_SAMPLER):
@@ -74,10 +79,9 @@ def load(model_name, sampler=DEFAULT_SAMPLER):
     try:
         pipe = load_pipeline(model_name, device=device(), torch_dtype=mode_dtype(mode), sampler=sampler)
     except CheckpointError as err:
-        bundled = " and ".join(BUNDLED)
         raise ModelUnavailable(f"{model_name} is not available on this server right now (its weights are not "
-                               f"installed here); {bundled} work meanwhile. What the operator of this demo must do: "
-                               f"{err}") from err
+                               f"installed here); {listed(BUNDLED)} work meanwhile. What the operator of this demo "
+                               f"must do: {err}") from err
     return accelerate_pipeline(pipe, mode)
 
 

@@ -1,7 +1,9 @@
 """dimr.batching: requests waiting together share one sampling run and each gets what it would get alone."""
 
+import gc
 import logging
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -52,7 +54,7 @@ class Recorder:
 
         self.wrapped = type("Recording", (), {"__getattr__": lambda _, name: getattr(pipe, name),
                                               "__call__": lambda _, labels, **kw: recording(labels, **kw),
-                                              "decode": lambda _, latents, output_type: decoding(latents, output_type)})()
+                                              "decode": lambda _, latents, kind: decoding(latents, kind)})()
         self.batcher = batching.Batcher(load=self.load, branch_steps=lambda p, steps: [0, steps - 1],
                                         finish=self.finish)
 
@@ -283,3 +285,22 @@ def test_a_stopped_task_ends_at_its_next_step(pipe):
     with pytest.raises(batching.Stopped):
         job.result()
     assert len(steps) < 1000
+
+
+def test_a_finished_request_is_freed_with_its_requesters_last_reference(pipe):
+    """Without waiting for the garbage collector: a busy server's full collections are rare, and every result kept
+    until then (a branch panel each) made the server's memory grow with requests."""
+    batcher = batching.Batcher(load=lambda r: pipe, branch_steps=lambda p, steps: [steps - 1], finish=output)
+    gc.disable()
+    try:
+        jobs = [batcher.submit(request([0])), batcher.submit(request([1], seed=1))]
+        for job in jobs:
+            job.result()
+        served = threading.Event()
+        batcher.background(served.set)  # the worker is past both requests
+        assert served.wait(60)
+        freed = [weakref.ref(job) for job in jobs]
+        del job, jobs
+        assert [ref() for ref in freed] == [None, None]
+    finally:
+        gc.enable()

@@ -36,7 +36,8 @@ at_every_width = pytest.mark.parametrize("browser_page", WIDTHS, indirect=True, 
 LAYOUT_PROBLEMS = """() => {
   const problems = [];
   const shown = e => e.offsetParent !== null;
-  const overlap = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  const overlap = (a, b) =>
+    a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
   for (const gallery of document.querySelectorAll('.pixelated')) {
     if (!shown(gallery)) continue;
     const box = gallery.getBoundingClientRect();
@@ -306,7 +307,7 @@ def test_every_tab_fits_the_screen_with_only_its_own_settings(app, browser_page)
     for selector in [*generate_settings, "#compare-classes", "#compare-guidance"]:
         expect(page.locator(selector)).to_be_hidden()
     note = page.locator("#imagenet-note")
-    expect(note).to_contain_text("Not installed on this server: DiMR-XL/2R and the SD VAE "
+    expect(note).to_contain_text("Not installed on this server: DiMR-XL/2R, the SD VAE "
                                  "(stabilityai/sd-vae-ft-ema) and DiT-XL/2")
     expect(note).to_contain_text("python -m dimr convert DiMR-XL_2R_800epochs.pth --variant DiMR-XL/2R")
     expect(note).to_contain_text("huggingface-cli download facebook/DiT-XL-2-256")
@@ -328,7 +329,8 @@ def test_on_a_phone_the_imagenet_galleries_appear_with_a_comparison_and_keep_cle
     two_branch.model().save_pretrained(tmp_path / "dimr")
     tiny_vae.save_pretrained(tmp_path / "dimr" / "vae")
     put_dit_in_hub_cache(tmp_path / "hf-home" / "hub", tiny_dit(), tiny_vae)
-    env = {"DIMR_MODEL": str(tmp_path / "dimr"), "DIMR_DEVICE": "cpu", "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub")}
+    env = {"DIMR_MODEL": str(tmp_path / "dimr"), "DIMR_DEVICE": "cpu",
+           "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub")}
     galleries = ("#imagenet-dimr", "#imagenet-dit", "#imagenet-panel")
     with running_app(tmp_path, env) as (url, _), chromium_page(390, tmp_path / "profile") as page:
         page.goto(url)

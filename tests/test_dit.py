@@ -224,7 +224,7 @@ def test_the_tab_note_names_every_model_still_missing_and_how_to_install_it(hub_
     assert list(imagenet_compare.missing_models()) == ["DiMR-XL/2R", "the SD VAE (stabilityai/sd-vae-ft-ema)",
                                                        "DiT-XL/2"]
     note = imagenet_compare.setup_note()
-    assert "Not installed on this server: DiMR-XL/2R and the SD VAE (stabilityai/sd-vae-ft-ema) and DiT-XL/2" in note
+    assert "Not installed on this server: DiMR-XL/2R, the SD VAE (stabilityai/sd-vae-ft-ema) and DiT-XL/2" in note
     assert "python -m dimr convert DiMR-XL_2R_800epochs.pth --variant DiMR-XL/2R" in note
     assert "huggingface-cli download facebook/DiT-XL-2-256` (3 GB transformer + 335 MB VAE)" in note
     put_dit_in_hub_cache(hub_cache, tiny_dit(), tiny_vae)
