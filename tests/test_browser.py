@@ -276,6 +276,8 @@ def test_every_tab_fits_the_screen_with_only_its_own_settings(app, browser_page)
     # The change view at the first step, where the finer branches add mostly noise: grey maps stretched to their
     # own range (black to white), the extent in each caption, and a note that says how to read them.
     generate(page, "tiny-dimr: 4 images, 25 steps")
+    type_into(page, "#panel-step", 40)  # a step the run does not have: refused in the panel's note
+    expect(page.locator("#panel-note")).to_contain_text("Step 40 is out of range: use 1..25.")
     type_into(page, "#panel-step", 1)
     page.locator("#panel-view").get_by_text("what each finer branch changes").click()
     expect(page.locator("#panel-note")).to_contain_text("each map stretched to its own range")
