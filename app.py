@@ -1,8 +1,9 @@
 """The DiMR demo: pick a model, classes, guidance and steps; see the samples, real shapes beside them, what every
 resolution branch predicts, and how often the tiny DiMR and a single-transformer baseline distort.
 
-UI only, one function per tab; the package does the work. `python app.py` serves on 127.0.0.1:7860 (settings:
-docs/serving.md); the main actions are also the API endpoints `/generate`, `/compare` and `/compare_imagenet`.
+UI only, one function per tab, each tab with the settings it uses; the package does the work. `python app.py` serves
+on 127.0.0.1:7860 (settings: docs/serving.md); the main actions are also the API endpoints `/generate`, `/compare`
+and `/compare_imagenet`.
 """
 
 import collections
@@ -11,6 +12,7 @@ import inspect
 import io
 import logging
 import random
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -31,36 +33,49 @@ GALLERY = dict(height="fit-content", format="png", object_fit="contain", elem_cl
                buttons=["download", "fullscreen"])
 PRIVATE = dict(api_visibility="private")  # browser-only events: not part of the API
 CONCURRENT_REQUESTS = 32  # handed to dimr.serving at once: it samples those that wait together in shared runs
+# The panel's browser-only updates read images already made: many at once, and never behind a sampling request.
+PANEL_EVENTS = dict(concurrency_id="panel", concurrency_limit=8, **PRIVATE)
+# Sampling requests and ImageNet comparisons wait in groups of their own: Gradio gives every event of a group the
+# group's lowest limit, and a comparison (minutes on a CPU) runs one at a time.
+SAMPLING_EVENTS = dict(concurrency_id="sampling", concurrency_limit=CONCURRENT_REQUESTS)
+IMAGENET_EVENTS = dict(concurrency_id="imagenet", concurrency_limit=1)
 
 # The API's handlers get raw values (preprocess=False), so API callers see the pipeline's own messages (which value,
-# what is allowed) instead of a generic component error. They return plain values only, never gr.update / gr.skip /
-# components for non-State outputs: for each of those Gradio 6.31 builds a component that it keeps in the session's
-# config, so a long-lived client session grew with every request. Layout updates run in browser-only events.
+# what is allowed) instead of a generic component error, and a typed value reaches the checks as typed (the page
+# keeps a slider's typed number instead of clamping it: assets/app.js). They return plain values only, never
+# gr.update / gr.skip / components for non-State outputs: for each of those Gradio 6.31 builds a component that it
+# keeps in the session's config, so a long-lived client session grew with every request. Layout updates run in
+# browser-only events.
 
 # The message of each browser session's last refused request, shown in its status line by a failure event. API
-# clients never trigger that event, so only the latest sessions are kept.
+# clients never trigger that event, so only the latest sessions are kept. Handler threads record and read them.
 _refusals = collections.OrderedDict()
+_refusals_lock = threading.Lock()
 MAX_REFUSALS = 256
 
 
 def checked(visitor, fn, *args, **kwargs):
-    """fn(...); a bad request or an unavailable model becomes a gr.Error with its clear message, logged as one line."""
+    """fn(...); a bad request or an unavailable model becomes a gr.Error with its clear message, logged as one line
+    (a visitor's mistake is no server warning)."""
     try:
         return fn(*args, **kwargs)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: files, downloads
         message = str(err)
-        log.warning("refused: %s", " ".join(message.split()))
+        log.info("refused: %s", " ".join(message.split()))
         if visitor is not None and visitor.session_hash:
-            _refusals[visitor.session_hash] = message
-            _refusals.move_to_end(visitor.session_hash)
-            while len(_refusals) > MAX_REFUSALS:
-                _refusals.popitem(last=False)
-        raise gr.Error(message, title="Cannot generate", print_exception=False) from None
+            with _refusals_lock:
+                _refusals[visitor.session_hash] = message
+                _refusals.move_to_end(visitor.session_hash)
+                while len(_refusals) > MAX_REFUSALS:
+                    _refusals.popitem(last=False)
+        raise gr.Error(message, title="Cannot run", print_exception=False) from None
 
 
 def last_refusal(visitor: gr.Request = None):
     """The status line after a failed run: the reason stays there until the next action."""
-    return f"**Could not run:** {_refusals.pop(visitor.session_hash, 'see the message above')}"
+    with _refusals_lock:
+        reason = _refusals.pop(visitor.session_hash, "see the message above")
+    return f"**Could not run:** {reason}"
 
 
 def on(trigger, fn, components, outputs, **options):
@@ -71,12 +86,15 @@ def on(trigger, fn, components, outputs, **options):
 
 
 def cached_png(image):
-    """A PIL image as a PNG file in Gradio's cache, written once per content (Gradio's own save rewrites the file for
-    every equal request, and a client fetching it meanwhile gets it empty)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="png")
-    path = Path(get_upload_folder()) / "dimr" / hashlib.sha256(buffer.getvalue()).hexdigest() / "image.png"
+    """A PIL image as a PNG file in Gradio's cache, made once per content: equal images (the same preview or panel
+    for every visitor of a shared run) are encoded and written once, and a file is complete before anyone gets its
+    path (Gradio's own save rewrites the file for every equal request, and a client fetching it meanwhile gets it
+    empty)."""
+    digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()
+    path = Path(get_upload_folder()) / "dimr" / digest / "image.png"
     if not path.exists():
+        buffer = io.BytesIO()
+        image.save(buffer, format="png", compress_level=1)  # enlarged pixels compress well even so, 3x faster
         with replaced_atomically(path) as partial:
             partial.write_bytes(buffer.getvalue())
     return str(path)
@@ -108,7 +126,33 @@ def sample(request, progress, visitor):
             yield "done", update
 
 
-# ---- the settings column: model, classes and sampling, used by the Generate and Compare tabs ----
+def sampling_settings(model, prefix=""):
+    """The sampling controls of a tab (guidance, its schedule, steps, sampler, seed), starting at a model's settings;
+    returns them by the request's parameter names. `prefix`: the tab's prefix for element ids."""
+    gr.Markdown("### Sampling")
+    c = dict(guidance_scale=gr.Slider(0, limits.MAX_GUIDANCE, value=catalogue.default_guidance(model), step=0.1,
+                                      label="Guidance scale", elem_id=f"{prefix}guidance", info="1 = no guidance; "
+                                      "starts at the paper's 1.4 for ImageNet models, 3 for the shapes models"))
+    with gr.Row():
+        c["guidance_schedule"] = gr.Radio(list(GUIDANCE_SCHEDULES), value="constant", label="Guidance schedule",
+                                          info="power-cosine rises from 1 at pure noise to the scale", min_width=200)
+        c["guidance_power"] = gr.Slider(limits.MIN_GUIDANCE_POWER, limits.MAX_GUIDANCE_POWER, value=1.0, step=0.1,
+                                        label="Power", info="of power-cosine", interactive=False, min_width=160,
+                                        elem_id=f"{prefix}power")
+    c["num_inference_steps"] = gr.Slider(1, limits.MAX_STEPS, value=catalogue.default_steps(model), step=1,
+                                         label="Steps", info="model evaluations", elem_id=f"{prefix}steps")
+    with gr.Row():
+        c["sampler"] = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", min_width=180)
+        c["seed"] = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED, label="Seed", min_width=140,
+                              elem_id=f"{prefix}seed")
+    dice = gr.Button("Random seed", size="sm")
+    dice.click(lambda: random.randint(0, limits.MAX_SEED), None, c["seed"], **PRIVATE)
+    c["guidance_schedule"].change(lambda schedule: gr.update(interactive=schedule == "power-cosine"),
+                                  c["guidance_schedule"], c["guidance_power"], **PRIVATE)
+    return c
+
+
+# ---- Generate: the samples, their real shapes and the branch panel ----
 def class_picker(model, classes):
     label = f"Classes ({len(catalogue.model_labels(model))}; type to search names and synonyms)"
     return dict(choices=catalogue.model_labels(model).choices(), value=classes, label=label)
@@ -126,45 +170,6 @@ def pick_random_classes(model, classes):  # as many classes as are chosen, 4 whe
     return checked(None, catalogue.random_classes, model, len(classes or []) or 4, random.Random())
 
 
-def settings_column():
-    """The model, classes and sampling settings and the Generate button; returns the components by name."""
-    model = catalogue.default_model()
-    c = dict(model=gr.Dropdown(catalogue.model_choices(), value=model, label="Model", elem_id="model"),
-             model_note=gr.Markdown(serving.model_note(model), elem_classes="note"),
-             classes_model=gr.State(model))  # the model whose classes the class picker holds
-    c["classes"] = gr.Dropdown(**class_picker(model, catalogue.default_classes(model)), multiselect=True,
-                               allow_custom_value=True, elem_id="classes")
-    with gr.Row():
-        c["images_per_class"] = gr.Slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class", scale=3,
-                                          elem_id="images-per-class")
-        random_classes = gr.Button("Random classes", size="sm", scale=1, min_width=100)
-    c["generate_button"] = gr.Button("Generate", variant="primary", elem_id="generate-button")
-    gr.Markdown("### Sampling")
-    c["guidance_scale"] = gr.Slider(0, limits.MAX_GUIDANCE, value=catalogue.default_guidance(model), step=0.1,
-                                    label="Guidance scale", elem_id="guidance", info="1 = no guidance; starts at "
-                                    "the paper's 1.4 for ImageNet models, 3 for the shapes models")
-    with gr.Row():
-        c["guidance_schedule"] = gr.Radio(list(GUIDANCE_SCHEDULES), value="constant", label="Guidance schedule",
-                                          info="power-cosine rises from 1 at pure noise to the scale", scale=3)
-        c["guidance_power"] = gr.Slider(0.1, 4, value=1.0, step=0.1, label="Power", info="of power-cosine", scale=2,
-                                        interactive=False)
-    c["num_inference_steps"] = gr.Slider(1, limits.MAX_STEPS, value=catalogue.default_steps(model), step=1,
-                                         label="Steps", info="model evaluations", elem_id="steps")
-    with gr.Row():
-        c["sampler"] = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", scale=2)
-        c["seed"] = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED, label="Seed", scale=2)
-        dice = gr.Button("Random seed", size="sm", scale=1, min_width=90)
-
-    on(c["model"].change, on_model_change, c, [c["classes"], c["model_note"], c["guidance_scale"],
-                                                c["num_inference_steps"], c["classes_model"]], **PRIVATE)
-    on(random_classes.click, pick_random_classes, c, c["classes"], **PRIVATE)
-    dice.click(lambda: random.randint(0, limits.MAX_SEED), None, c["seed"], **PRIVATE)
-    c["guidance_schedule"].change(lambda schedule: gr.update(interactive=schedule == "power-cosine"),
-                                  c["guidance_schedule"], c["guidance_power"], **PRIVATE)
-    return c
-
-
-# ---- Generate: the samples, their real shapes and the branch panel ----
 @on_gpu
 def generate(model, classes, images_per_class, guidance_scale, guidance_schedule, guidance_power,
              num_inference_steps, seed, sampler, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):
@@ -180,47 +185,75 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
 
 
 def fit_panel(generation, panel_view):
-    """After a run: the panel in the chosen view and columns, the step slider, and the real shapes (shapes models)."""
+    """After a run: the panel in the chosen view and columns, the step slider (none for a single step), its note,
+    and the real shapes (shapes models)."""
     steps = generation.request.num_inference_steps
     shapes = catalogue.is_shapes_model(generation.request.model)
     references = as_files(lab.reference_shapes(generation.request.labels)) if shapes else []
-    return (gr.update(value=as_files(generation.branch_panel(view=panel_view)), columns=generation.columns),
-            gr.update(maximum=steps, value=steps, interactive=steps > 1),
-            generation.panel_note(steps), gr.update(value=references, visible=shapes))
+    # The run's answer holds the panel's estimates already; another view is made here.
+    panel = {} if panel_view == ESTIMATES else dict(value=as_files(generation.branch_panel(view=panel_view)))
+    return (gr.update(**panel, columns=generation.columns),
+            gr.update(maximum=max(steps, 2), value=steps, interactive=steps > 1, visible=steps > 1),
+            generation.panel_note(steps, panel_view), gr.update(value=references, visible=shapes))
 
 
 def show_step(generation, panel_step, panel_view):
-    """The branch panel after another step of the last generation (from what it kept; nothing is re-run)."""
+    """The branch panel after another step of the last generation (from what it kept; nothing is re-run). A step
+    typed out of range is refused in the panel's note."""
     if generation is None:  # nothing generated yet: the panel stays empty
         return gr.skip(), gr.skip()
-    return as_files(generation.branch_panel(panel_step, panel_view)), generation.panel_note(panel_step)
+    steps = generation.request.num_inference_steps
+    if not isinstance(panel_step, (int, float)) or not 1 <= panel_step <= steps:
+        return gr.skip(), f"**Step {panel_step} is out of range: use 1..{steps}.**"
+    step = round(panel_step)
+    return as_files(generation.branch_panel(step, panel_view)), generation.panel_note(step, panel_view)
 
 
-def generate_tab(settings):
-    """The Generate tab and its API endpoint /generate (the Generate button sits in the settings column)."""
-    with gr.Tab("Generate"):
-        c = dict(settings, generation=gr.State(time_to_live=3600))
-        c["status"] = gr.Markdown("Pick classes and press **Generate**.", label="status", elem_id="status")
-        c["gallery"] = gr.Gallery(label="Samples", columns=4, elem_id="gallery", **GALLERY)
-        c["references"] = gr.Gallery(label="Real shapes: what each sample should look like", columns=4,
-                                     elem_id="references", visible=False, **GALLERY)
-        gr.Markdown(text("branch_panel"))
-        with gr.Group(elem_id="panel-controls"):
-            views = [("each branch's estimate", ESTIMATES), ("what each finer branch changes", CHANGES)]
-            c["panel_view"] = gr.Radio(views, value=ESTIMATES, label="Branch panel shows", elem_id="panel-view")
-            c["panel_step"] = gr.Slider(1, 25, value=25, step=1, interactive=False, elem_id="panel-step",
-                                        label="Branch panel: after step")
-            c["panel_note"] = gr.Markdown("", elem_id="panel-note")
-        c["panel"] = gr.Gallery(label="What each branch predicts", columns=4, elem_id="branch-panel", **GALLERY)
+def generate_tab():
+    """The Generate tab and its API endpoint /generate. On a narrow screen the results come right after the Generate
+    button, and the sampling settings after them."""
+    model = catalogue.default_model()
+    with gr.Tab("Generate", id="generate"), gr.Row(elem_classes="tab-layout"):
+        with gr.Column(elem_classes="tab-basics"):
+            c = dict(model=gr.Dropdown(catalogue.model_menu(), value=model, label="Model", elem_id="model"),
+                     model_note=gr.Markdown(serving.model_note(model), elem_classes="note"),
+                     classes_model=gr.State(model),  # the model whose classes the class picker holds
+                     generation=gr.State(time_to_live=3600))
+            c["classes"] = gr.Dropdown(**class_picker(model, catalogue.default_classes(model)), multiselect=True,
+                                       allow_custom_value=True, elem_id="classes")
+            with gr.Row():
+                c["images_per_class"] = gr.Slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
+                                                  elem_id="images-per-class", min_width=200)
+                random_classes = gr.Button("Random classes", size="sm", min_width=100)
+            button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+        with gr.Column(elem_classes="tab-results"):
+            c["status"] = gr.Markdown("Pick classes and press **Generate**.", label="status", elem_id="status")
+            c["gallery"] = gr.Gallery(label="Samples", columns=4, elem_id="gallery", **GALLERY)
+            c["references"] = gr.Gallery(label="Real shapes: what each sample should look like", columns=4,
+                                         elem_id="references", visible=False, **GALLERY)
+            gr.Markdown(text("branch_panel"))
+            with gr.Group(elem_id="panel-controls"):
+                views = [("each branch's estimate", ESTIMATES), ("what each finer branch changes", CHANGES)]
+                c["panel_view"] = gr.Radio(views, value=ESTIMATES, label="Branch panel shows", elem_id="panel-view")
+                c["panel_step"] = gr.Slider(1, 25, value=25, step=1, interactive=False, elem_id="panel-step",
+                                            label="Branch panel: after step")
+                c["panel_note"] = gr.Markdown("", elem_id="panel-note")
+            c["panel"] = gr.Gallery(label="What each branch predicts", columns=4, elem_id="branch-panel", **GALLERY)
+        with gr.Column(elem_classes="tab-sampling"):
+            c.update(sampling_settings(model))
 
-    generated = on(settings["generate_button"].click, generate, c,
+    generated = on(button.click, generate, c,
                    [c["gallery"], c["panel"], c["panel_step"], c["status"], c["generation"]], api_name="generate",
-                   preprocess=False, concurrency_id="device", concurrency_limit=CONCURRENT_REQUESTS)
-    on(generated.success, fit_panel, c, [c["panel"], c["panel_step"], c["panel_note"], c["references"]], **PRIVATE)
+                   preprocess=False, **SAMPLING_EVENTS)
+    on(generated.success, fit_panel, c, [c["panel"], c["panel_step"], c["panel_note"], c["references"]],
+       **PANEL_EVENTS)
     on(generated.failure, last_refusal, c, c["status"], **PRIVATE)
     for trigger in (c["panel_step"].input, c["panel_view"].change):
-        on(trigger, show_step, c, [c["panel"], c["panel_note"]], trigger_mode="always_last", concurrency_limit=4,
-           **PRIVATE)
+        on(trigger, show_step, c, [c["panel"], c["panel_note"]], trigger_mode="always_last", preprocess=False,
+           **PANEL_EVENTS)
+    on(c["model"].change, on_model_change, c, [c["classes"], c["model_note"], c["guidance_scale"],
+                                                c["num_inference_steps"], c["classes_model"]], **PRIVATE)
+    on(random_classes.click, pick_random_classes, c, c["classes"], **PRIVATE)
 
 
 # ---- Compare: the tiny DiMR and the baseline from the same noise, judged ----
@@ -246,28 +279,34 @@ def compare_references(classes):
     return as_files(lab.reference_shapes(classes or []))
 
 
-def compare_tab(settings):
-    """The Compare tab and its API endpoint /compare; the sampling settings are the settings column's."""
+def compare_tab():
+    """The Compare tab and its API endpoint /compare, with its own classes and sampling settings."""
     labels = catalogue.model_labels(catalogue.TINY_DIMR)
-    with gr.Tab("Compare", elem_id="compare-tab"):
-        gr.Markdown(text("compare"))
-        c = dict(settings, classes=gr.Dropdown(labels.choices(), value=list(range(len(labels))), multiselect=True,
-                                               label="Classes (shapes)", elem_id="compare-classes"))
-        c["images_per_class"] = gr.Slider(1, limits.MAX_COMPARE_IMAGES // len(labels), value=3, step=1,
-                                          label="Samples per class", elem_id="compare-per-class")
-        button = gr.Button("Compare (same noise, classes and settings)", variant="primary", elem_id="compare-button")
-        status = gr.Markdown("", label="status", elem_id="compare-status")
-        references = gr.Gallery(compare_references(c["classes"].value), columns=5, elem_id="compare-references",
-                                label="Real shapes: what each class should look like", **GALLERY)
-        with gr.Row():
-            dimr = gr.Gallery(label="tiny DiMR", columns=3, elem_id="compare-dimr", **GALLERY)
-            baseline = gr.Gallery(label="baseline: transformer only", columns=3, elem_id="compare-baseline", **GALLERY)
-        gr.Markdown(lab.rates_table(), elem_id="compare-rates")
+    with gr.Tab("Compare", id="compare", elem_id="compare-tab"), gr.Row(elem_classes="tab-layout"):
+        with gr.Column(elem_classes="tab-basics"):
+            gr.Markdown(text("compare"))
+            c = dict(classes=gr.Dropdown(labels.choices(), value=list(range(len(labels))), multiselect=True,
+                                         label="Classes (shapes)", elem_id="compare-classes"))
+            c["images_per_class"] = gr.Slider(1, limits.MAX_COMPARE_IMAGES // len(labels), value=3, step=1,
+                                              label="Samples per class", elem_id="compare-per-class")
+            button = gr.Button("Compare (same noise, classes and settings)", variant="primary",
+                               elem_id="compare-button")
+        with gr.Column(elem_classes="tab-results"):
+            status = gr.Markdown("", label="status", elem_id="compare-status")
+            references = gr.Gallery(compare_references(c["classes"].value), columns=5, elem_id="compare-references",
+                                    label="Real shapes: what each class should look like", **GALLERY)
+            with gr.Row():
+                dimr = gr.Gallery(label="tiny DiMR", columns=3, elem_id="compare-dimr", min_width=300, **GALLERY)
+                baseline = gr.Gallery(label="baseline: transformer only", columns=3, elem_id="compare-baseline",
+                                      min_width=300, **GALLERY)
+            gr.Markdown(lab.rates_table(), elem_id="compare-rates")
+        with gr.Column(elem_classes="tab-sampling"):
+            c.update(sampling_settings(catalogue.TINY_DIMR, prefix="compare-"))
 
     compared = on(button.click, compare, c, [dimr, baseline, status], api_name="compare", preprocess=False,
-                  concurrency_id="device", concurrency_limit=CONCURRENT_REQUESTS)
+                  **SAMPLING_EVENTS)
     compared.success(lambda per_class: [gr.update(columns=per_class)] * 2,  # one row per class in both galleries
-                     c["images_per_class"], [dimr, baseline], **PRIVATE)
+                     c["images_per_class"], [dimr, baseline], **PANEL_EVENTS)
     on(compared.failure, last_refusal, c, status, **PRIVATE)
     on(c["classes"].change, compare_references, c, references, **PRIVATE)
 
@@ -294,51 +333,60 @@ def compare_imagenet(classes, images_per_class, num_inference_steps, seed, dimr_
 
 
 def imagenet_tab():
-    """The ImageNet comparison tab and its API endpoint /compare_imagenet."""
+    """The ImageNet comparison tab and its API endpoint /compare_imagenet, with its own settings. Its galleries
+    show up with the first images: a refused comparison leaves only its reason in the status line."""
     dimr_model = imagenet_compare.imagenet_dimr_model()
-    with gr.Tab("ImageNet: DiT vs DiMR", elem_id="imagenet-tab"):
-        gr.Markdown(text("imagenet", dit=DIT_NAME, dimr=dimr_model, dimr_guidance=imagenet_compare.DIMR_GUIDANCE,
-                         dit_guidance=DIT_GUIDANCE))
-        gr.Markdown(imagenet_compare.setup_note(), elem_classes="note", elem_id="imagenet-note")
-        c = dict(classes=gr.Dropdown(catalogue.model_labels(dimr_model).choices(), multiselect=True,
-                                     value=catalogue.default_classes(dimr_model)[:2], allow_custom_value=True,
-                                     label="Classes (ImageNet)"))
-        with gr.Row():
-            c["images_per_class"] = gr.Slider(1, 4, value=1, step=1, label="Images per class")
-            c["num_inference_steps"] = gr.Slider(1, limits.MAX_STEPS, value=imagenet_compare.DEFAULT_STEPS, step=1,
-                                                 label="Steps")
-            c["seed"] = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED, label="Seed (the shared noise)")
-        with gr.Row():
-            c["dimr_guidance_scale"] = gr.Slider(0, limits.MAX_GUIDANCE, value=imagenet_compare.DIMR_GUIDANCE,
-                                                 step=0.1, label="DiMR guidance")
-            c["dit_guidance_scale"] = gr.Slider(0, limits.MAX_GUIDANCE, value=DIT_GUIDANCE, step=0.1,
-                                                label="DiT guidance")
-            c["patch_grid"] = gr.Checkbox(False, label="Patch grid (DiT's 16x16 tokens)")
-        button = gr.Button("Compare (same noise, same classes)", variant="primary", elem_id="imagenet-button")
-        status = gr.Markdown("", label="status", elem_id="imagenet-status")
-        with gr.Row():
-            dimr = gr.Gallery(label=dimr_model, columns=2, height="fit-content", format="png", elem_id="imagenet-dimr")
-            dit = gr.Gallery(label=DIT_NAME, columns=2, height="fit-content", format="png", elem_id="imagenet-dit")
-        panel = gr.Gallery(label="What each DiMR branch predicts (last step)", columns=3, height="fit-content",
-                           format="png", elem_classes="pixelated", elem_id="imagenet-panel")
+    with gr.Tab("ImageNet", id="imagenet", elem_id="imagenet-tab"), gr.Row(elem_classes="tab-layout"):
+        with gr.Column(elem_classes="tab-basics"):
+            gr.Markdown(text("imagenet", dit=DIT_NAME, dimr=dimr_model, dimr_guidance=imagenet_compare.DIMR_GUIDANCE,
+                             dit_guidance=DIT_GUIDANCE))
+            gr.Markdown(imagenet_compare.setup_note(), elem_classes="note", elem_id="imagenet-note")
+            c = dict(classes=gr.Dropdown(catalogue.model_labels(dimr_model).choices(), multiselect=True,
+                                         value=catalogue.default_classes(dimr_model)[:2], allow_custom_value=True,
+                                         label="Classes (ImageNet)", elem_id="imagenet-classes"))
+            with gr.Row():
+                c["images_per_class"] = gr.Slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
+                                                  min_width=160)
+                c["num_inference_steps"] = gr.Slider(1, limits.MAX_STEPS, value=imagenet_compare.DEFAULT_STEPS,
+                                                     step=1, label="Steps", min_width=160, elem_id="imagenet-steps")
+            with gr.Row():
+                c["dimr_guidance_scale"] = gr.Slider(0, limits.MAX_GUIDANCE, value=imagenet_compare.DIMR_GUIDANCE,
+                                                     step=0.1, label="DiMR guidance", min_width=160)
+                c["dit_guidance_scale"] = gr.Slider(0, limits.MAX_GUIDANCE, value=DIT_GUIDANCE, step=0.1,
+                                                    label="DiT guidance", min_width=160)
+            with gr.Row():
+                c["seed"] = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED,
+                                      label="Seed (the shared noise)", min_width=160)
+                c["patch_grid"] = gr.Checkbox(False, label="Patch grid (DiT's 16x16 tokens)", min_width=160)
+            button = gr.Button("Compare (same noise, same classes)", variant="primary", elem_id="imagenet-button")
+        with gr.Column(elem_classes="tab-results"):
+            status = gr.Markdown("", label="status", elem_id="imagenet-status")
+            with gr.Row():
+                dimr = gr.Gallery(label=dimr_model, columns=2, elem_id="imagenet-dimr", visible=False, min_width=240,
+                                  **GALLERY)
+                dit = gr.Gallery(label=DIT_NAME, columns=2, elem_id="imagenet-dit", visible=False, min_width=240,
+                                 **GALLERY)
+            panel = gr.Gallery(label="What each DiMR branch predicts (last step)", columns=3, elem_id="imagenet-panel",
+                               visible=False, **GALLERY)
 
-    compared = on(button.click, compare_imagenet, c, [dimr, dit, panel, status], api_name="compare_imagenet",
-                  preprocess=False, concurrency_id="device", concurrency_limit=1)
+    galleries = [dimr, dit, panel]
+    compared = on(button.click, compare_imagenet, c, [*galleries, status], api_name="compare_imagenet",
+                  preprocess=False, show_progress_on=[status], **IMAGENET_EVENTS)
+    # The galleries appear with the first update of an accepted comparison (the status line says "Sampling…").
+    status.change(lambda line: [gr.update(visible=True)] * 3 if line.endswith("Sampling…") else [gr.skip()] * 3,
+                  status, galleries, **PRIVATE)
     on(compared.failure, last_refusal, c, status, **PRIVATE)
 
 
 def build():
-    """The whole page: the header, then the settings column beside the tabs that use it."""
+    """The whole page: the header, then the tabs, each with its own settings."""
     with gr.Blocks(title="DiMR demo", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
         gr.Markdown(text("intro", tiny_dimr_rate=lab.rate_text(catalogue.TINY_DIMR),  # the header, above every tab
                          tiny_baseline_rate=lab.rate_text(catalogue.TINY_BASELINE)), elem_id="intro")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=320):
-                settings = settings_column()
-            with gr.Column(scale=3), gr.Tabs():
-                generate_tab(settings)
-                compare_tab(settings)
-                imagenet_tab()
+        with gr.Tabs():
+            generate_tab()
+            compare_tab()
+            imagenet_tab()
     return blocks
 
 
@@ -347,4 +395,5 @@ demo = build()  # the name Gradio's reload mode and Hugging Face Spaces look for
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serving.start(catalogue.default_model())
-    demo.queue(max_size=64).launch(theme=THEME, css_paths=[ROOT / "assets" / "app.css"], show_error=True)
+    demo.queue(max_size=64).launch(theme=THEME, css_paths=[ROOT / "assets" / "app.css"],
+                                   head=f"<script>{(ROOT / 'assets' / 'app.js').read_text()}</script>", show_error=True)

@@ -2,6 +2,7 @@
 without loading (or downloading) weights.
 
     model_choices()                 # ["tiny-dimr", "tiny-baseline", ...], DIMR_MODEL first when it is a directory
+    model_menu()                    # [("tiny-dimr", "tiny-dimr"), ..., ("DiMR-XL/2R (not installed)", "DiMR-XL/2R")]
     model_labels("tiny-dimr")       # its ClassLabels (dimr.labels): names, synonyms, the class picker's choices()
     model_branches("tiny-dimr")     # ["8x8 transformer (4x4 px patches)", "16x16 ConvNeXt", "32x32 ConvNeXt"]
     default_classes(name), default_guidance(name), default_steps(name)     # what the app starts at
@@ -14,7 +15,7 @@ import torch
 from . import caches, defaults
 from .data.shapes import CLASS_NAMES
 from .labels import labels_for_model
-from .loading import MODELS, model_config
+from .loading import MODELS, missing_parts, model_config
 from .model import DiMRModel
 
 TINY_DIMR, TINY_BASELINE = "tiny-dimr", "tiny-baseline"
@@ -30,6 +31,12 @@ def default_model():
 def model_choices():
     """The model picker's names: the known models, plus DIMR_MODEL when it is a directory."""
     return list(MODELS) if default_model() in MODELS else [default_model(), *MODELS]
+
+
+def model_menu():
+    """The model picker's (label, name) pairs: a released model that is not installed here says so (its first use
+    downloads it, when the server can reach the Hugging Face hub)."""
+    return [(f"{name} (not installed)" if missing_parts(name) else name, name) for name in model_choices()]
 
 
 def model_description(name):

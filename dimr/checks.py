@@ -1,5 +1,7 @@
 """Checks of a caller's values shared by the library and the demo, so that one kind of mistake gets one message."""
 
+import math
+
 import numpy as np
 
 
@@ -12,3 +14,14 @@ def check_int(name, value, low, high):
     if not low <= value <= high:
         raise ValueError(f"{name}={value} is out of range: use {low}..{high}")
     return int(value)
+
+
+def check_number(name, value, low, high):
+    """`value` as a float when it is a finite number in low..high; else a ValueError naming it and what is allowed.
+
+    A bool or a string of digits is refused rather than silently converted."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value:g} is out of range: use {low:g}..{high:g}")
+    return float(value)

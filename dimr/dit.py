@@ -10,7 +10,7 @@ and scheduler, loaded once per device and dtype, and DiTPipeline's sampling loop
 import torch
 
 from . import caches
-from .loading import cached_or_downloaded
+from .loading import cached_or_downloaded, hub_cache_how, in_hub_cache
 
 DIT_REPO = "facebook/DiT-XL-2-256"
 DIT_NAME = "DiT-XL/2"
@@ -31,16 +31,14 @@ def load_dit(device, torch_dtype=torch.float32):
     return caches.remembered(("dit", str(device), torch_dtype), load)
 
 
-def dit_weights_cached():
-    """True when DiT's transformer weights are in the Hugging Face cache (looks at local files only)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(DIT_REPO, DIT_WEIGHTS_FILE), str)
+def dit_missing():
+    """{DIT_NAME: how to install it} when DiT's transformer weights are not in the Hugging Face cache, else {}
+    (looks at local files only)."""
+    return {} if in_hub_cache(DIT_REPO, DIT_WEIGHTS_FILE) else {DIT_NAME: hub_cache_how(DIT_REPO, DIT_DOWNLOAD)}
 
 
 def _from_cache_or_hub(torch_dtype):
-    how = (f"On a connected machine run `huggingface-cli download {DIT_REPO}` ({DIT_DOWNLOAD}) and copy the "
-           f"Hugging Face cache (HF_HOME) here.")
+    how = f"{hub_cache_how(DIT_REPO, DIT_DOWNLOAD)}."
     return cached_or_downloaded(lambda **hub: _dit_pipeline(torch_dtype, **hub), f"{DIT_REPO} ({DIT_NAME})", how)
 
 

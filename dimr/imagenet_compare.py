@@ -14,6 +14,7 @@ device) goes to both models unchanged. Each then samples with its own published 
 - DiT-XL/2 (dimr.dit): the sampling loop of diffusers' DiTPipeline from our noise; guidance on the noise channels
   only, s = 4.0, DiTPipeline's default. tests/test_dit.py checks that this loop gives DiTPipeline's images bit
   for bit.
+Both sample on the demo's one sampling thread (dimr.serving), in turn with other visitors' requests.
 Both decode with an SD VAE (DiMR: sd-vae-ft-ema; DiT: the VAE in its repo), 0.18215 latent scaling.
 On a CPU a comparison takes minutes: `estimate_seconds` says how many before sampling starts.
 """
@@ -26,12 +27,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import caches, serving
+from .acceleration import mode_dtype
 from .catalogue import default_model, model_labels
-from .config import VARIANTS
-from .dit import DIT_DOWNLOAD, DIT_GUIDANCE, DIT_NAME, dit_decode, dit_denoise, dit_weights_cached, load_dit
-from .loading import MODELS, released_weights_available
+from .dit import DIT_GUIDANCE, DIT_NAME, dit_decode, dit_denoise, dit_missing, load_dit
+from .loading import missing_parts
 from .panel import Generation, enlarge, panel_steps
 from .request import Request, check_guidance_scale
+from .weights import CheckpointError
 
 DIMR_IMAGENET = "DiMR-XL/2R"
 DIMR_GUIDANCE = 1.4  # the official constant guidance, cond + 0.4 (cond - uncond)
@@ -100,25 +102,21 @@ class Comparison:
 
 
 def setup_note():
-    """One line for the tab: which weights a first comparison still downloads, and what the device means for time."""
-    missing = missing_weights()
-    where = (f"Not downloaded yet: {'; '.join(missing)}. The first comparison downloads them (needs the internet); "
-             "offline it stops at once and says what to copy where." if missing else "Weights: at hand.")
+    """For the tab: the models a comparison needs that this server does not have, and how to install them; what
+    the device means for the wait."""
+    missing = missing_models()
+    where = (f"**Not installed on this server: {serving.listed(missing)}.** The first comparison downloads them "
+             f"when the server can reach the Hugging Face hub; offline, the operator installs them first:\n"
+             f"{serving.how_list(missing)}\n\n" if missing else "Weights: at hand. ")
     speed = ("On a CPU a comparison takes many minutes (the status shows the estimate before sampling starts)."
              if serving.device().type == "cpu" else f"Device: {serving.device()}.")
-    return f"{where} {speed}"
+    return where + speed
 
 
-def missing_weights():
-    """What a first comparison still has to download, e.g. ['DiT-XL/2 (3 GB transformer + 335 MB VAE)']; [] when
-    both models are at hand (looks at local files only)."""
-    missing = []
-    dimr = imagenet_dimr_model()
-    if dimr in VARIANTS and not released_weights_available(dimr):
-        missing.append(f"{dimr} ({MODELS[dimr].split('(')[-1].rstrip(')')})")
-    if not dit_weights_cached():
-        missing.append(f"{DIT_NAME} ({DIT_DOWNLOAD})")
-    return missing
+def missing_models():
+    """What a comparison still needs on this server, as {what: how to install it}: DiMR's weights and VAE, DiT;
+    {} when everything is at hand (looks at local files only)."""
+    return {**missing_parts(imagenet_dimr_model()), **dit_missing()}
 
 
 def initial_noise(batch, shape, seed):
@@ -138,9 +136,16 @@ def draw_patch_grid(image, tokens):
 
 
 def load_comparison(request):
-    """Both pipelines on the demo's device (DiT in the demo's dtype); checks that their latents have one shape."""
-    dimr_pipe = serving.load(request.dimr.model)
-    dit_pipe = load_dit(serving.device(), dimr_pipe.model.dtype)
+    """Both pipelines on the demo's device (DiT in the demo's dtype); checks that their latents have one shape. A
+    model that is neither here nor downloadable fails with one ModelUnavailable naming every model still missing."""
+    try:
+        dimr_pipe = serving.load(request.dimr.model)
+        dit_pipe = load_dit(serving.device(), mode_dtype(serving.acceleration_mode()))
+    except (serving.ModelUnavailable, CheckpointError):
+        missing = missing_models()
+        if not missing:
+            raise
+        raise serving.unavailable(missing) from None
     config = dit_pipe.transformer.config
     dit_shape = (config.in_channels, config.sample_size, config.sample_size)
     if tuple(dimr_pipe.latent_shape) != dit_shape:
@@ -150,28 +155,38 @@ def load_comparison(request):
     return dimr_pipe, dit_pipe
 
 
-def stream_comparison(request):
-    """Run a comparison: yields ComparisonProgress while sampling (DiMR first, then DiT), then the Comparison."""
+def stream_comparison(request, stop=None):
+    """Run a comparison: yields ComparisonProgress while sampling (DiMR first, then DiT), then the Comparison.
+    Both sample on the demo's one sampling worker (dimr.serving), in turn with other visitors' requests; setting
+    `stop` (or closing this generator) ends the comparison after the current step."""
     dimr_pipe, dit_pipe = load_comparison(request)
     dimr_request = request.dimr
+    steps = dimr_request.num_inference_steps
     noise = initial_noise(len(dimr_request.labels), dimr_pipe.latent_shape, dimr_request.seed)
-    generation = None
-    for update in serving.stream(dimr_request, latents=noise):
+    for update in serving.stream(dimr_request, stop, latents=noise):
         if isinstance(update, serving.Progress):
             yield ComparisonProgress(dimr_request.model, update.step, update.total, update)
         else:
             generation = update
-    steps = dimr_request.num_inference_steps
-    start = time.perf_counter()
-    latents = noise.to(dit_pipe.device)
-    for step, latents in enumerate(dit_denoise(dit_pipe, dimr_request.labels, latents, request.dit_guidance_scale,
-                                               steps), start=1):
-        yield ComparisonProgress(DIT_NAME, step, steps)
-    images = (dit_decode(dit_pipe, latents).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+    def sample_dit(progress):
+        start = time.perf_counter()
+        latents = noise.to(dit_pipe.device)
+        for step, latents in enumerate(dit_denoise(dit_pipe, dimr_request.labels, latents,
+                                                   request.dit_guidance_scale, steps)):
+            progress(step)
+        images = (dit_decode(dit_pipe, latents).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        return images, time.perf_counter() - start
+
+    for update in serving.run_task(sample_dit, stop):
+        if isinstance(update, int):
+            yield ComparisonProgress(DIT_NAME, update, steps)
+        else:
+            images, seconds = update
     config = dit_pipe.transformer.config
     yield Comparison(request=request, noise=noise, dimr=generation, dit_images=images,
                      dit_tokens=config.sample_size // config.patch_size,
-                     dit_scheduler=type(dit_pipe.scheduler).__name__, dit_seconds=time.perf_counter() - start)
+                     dit_scheduler=type(dit_pipe.scheduler).__name__, dit_seconds=seconds)
 
 
 def describe_comparison(comparison):

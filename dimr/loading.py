@@ -125,9 +125,7 @@ def _load_model(files, torch_dtype):
     if variant is not None and not released_weights_available(variant) and not _hub_reachable():
         raise CheckpointError(f"the weights of {variant} are neither converted in {files.directory} "
                               f"nor in the Hugging Face cache, and the hub ({_hub_endpoint()}) cannot be reached "
-                              f"(or HF_HUB_OFFLINE is set). "
-                              f"Download {HUB_FILES[variant]} from https://huggingface.co/{HUB_REPO} and run "
-                              f"`python -m dimr convert {HUB_FILES[variant]} --variant {variant}`.")
+                              f"(or HF_HUB_OFFLINE is set). {released_weights_how(variant)}.")
     directory = ensure_converted(variant) if variant is not None else files.directory
     return DiMRModel.from_pretrained(directory, torch_dtype=torch_dtype).eval()
 
@@ -138,6 +136,36 @@ def released_weights_available(variant):
 
     cached = try_to_load_from_cache(HUB_REPO, HUB_FILES[variant])
     return (converted_dir(variant) / "config.json").is_file() or isinstance(cached, str)
+
+
+def released_weights_how(variant):
+    """What an operator does to install a released model's weights without the hub."""
+    return (f"Download {HUB_FILES[variant]} from https://huggingface.co/{HUB_REPO} and run "
+            f"`python -m dimr convert {HUB_FILES[variant]} --variant {variant}`")
+
+
+def hub_cache_how(repo, size=""):
+    """What an operator does to put a hub repo into this machine's Hugging Face cache without the hub here."""
+    return (f"On a connected machine run `huggingface-cli download {repo}`{f' ({size})' if size else ''} and copy its "
+            f"Hugging Face cache (HF_HOME) here")
+
+
+def in_hub_cache(repo, *files):
+    """True when every one of `files` of a hub repo is in the Hugging Face cache (looks at local files only)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return all(isinstance(try_to_load_from_cache(repo, name), str) for name in files)
+
+
+def missing_parts(name):
+    """What a known model still needs on this machine before it can sample, as {what: how to install it}: a
+    released model's weights and the SD VAE; {} for the bundled models and for directories (local files only)."""
+    if name not in VARIANTS:
+        return {}
+    missing = {} if released_weights_available(name) else {name: released_weights_how(name)}
+    if not in_hub_cache(VAE_REPO, "config.json", "diffusion_pytorch_model.safetensors"):
+        missing[f"the SD VAE ({VAE_REPO})"] = hub_cache_how(VAE_REPO)
+    return missing
 
 
 def load_vae(source=VAE_REPO, torch_dtype=torch.float32):
@@ -152,8 +180,7 @@ def load_vae(source=VAE_REPO, torch_dtype=torch.float32):
         return _vae_from_file(path).to(torch_dtype).eval()
     if path.suffix in (".safetensors", ".pt", ".pth", ".ckpt", ".bin") or path.is_absolute():
         raise FileNotFoundError(f"VAE file {path} does not exist")
-    how = (f"Put a copy in the Hugging Face cache (`huggingface-cli download {source}` on a connected machine, "
-           f"then copy HF_HOME), or pass a local VAE directory or weights file.")
+    how = f"{hub_cache_how(source)}, or pass a local VAE directory or weights file."
     return cached_or_downloaded(
         lambda **hub: AutoencoderKL.from_pretrained(str(source), torch_dtype=torch_dtype, **hub).eval(),
         f"the VAE {source!r}", how)

@@ -3,6 +3,7 @@
     generation.gallery()                        # [(PIL image, caption)], small images enlarged for display
     generation.branch_panel(step=10)            # per image: every branch's estimate after step 10, then the final
     generation.branch_panel(10, view=CHANGES)   # per image: the coarse estimate, what each finer branch changes, final
+    generation.panel_note(10, CHANGES)          # the line under the panel's controls: which step, how to read it
 
 A run keeps branch images for `panel_steps(pipe, steps)`: every step of a pixel-space model, evenly spaced steps of a
 latent model (each costs a VAE decode per branch), shrunk to PANEL_SIZE_LATENT. `generation_from` builds a
@@ -18,6 +19,9 @@ from .catalogue import model_branches
 
 ESTIMATES, CHANGES = "estimates", "changes"  # the panel's two views
 DISPLAY_SIZE = 256  # smaller images are enlarged (nearest neighbour, so pixels stay visible) to about this
+# A change map's contrast: this percentile of its |brightness change| shows as white or black (a few extreme pixels
+# do not dim the rest).
+CHANGE_PERCENTILE = 99
 MAX_PANEL_STEPS_LATENT = 20
 PANEL_SIZE_LATENT = 128
 
@@ -53,16 +57,21 @@ class Generation:
         """The panel step nearest to a requested 1-based step."""
         return min(self.panel_steps, key=lambda s: (abs(s - step), s))
 
-    def panel_note(self, step):
-        """'Branch panel after step 10 of 25.', naming the nearest step with branch images when `step` has none."""
+    def panel_note(self, step, view=ESTIMATES):
+        """'Branch panel after step 10 of 25.', naming the nearest step with branch images when `step` has none, and
+        for the CHANGES view how to read its maps."""
         shown = self.panel_step(step)
         nearest = "" if shown == step else f" (nearest step with branch images: {shown})"
-        return f"Branch panel after step {shown} of {self.request.num_inference_steps}{nearest}."
+        note = f"Branch panel after step {shown} of {self.request.num_inference_steps}{nearest}."
+        if view == CHANGES:
+            note += (" Changes in brightness, each map stretched to its own range: white and black are the change "
+                     "given in its caption, in % of full brightness (mid-grey: no change).")
+        return note
 
     def branch_panel(self, step=None, view=ESTIMATES):
         """Per image, one row after `step` (default: the last), then the final image. view ESTIMATES: each branch's
         clean-image estimate; CHANGES: the coarsest branch's estimate, then what each finer branch changes in the
-        estimate of the branch below it (mid-grey: nothing; lighter or darker: brighter or darker there)."""
+        estimate of the branch below it (`change_map`)."""
         if view not in (ESTIMATES, CHANGES):
             raise ValueError(f"view must be {ESTIMATES!r} or {CHANGES!r}, got {view!r}")
         index = self.panel_steps.index(self.panel_step(self.request.num_inference_steps if step is None else step))
@@ -71,8 +80,8 @@ class Generation:
         for b, caption in enumerate(self.captions):
             for l, branch in enumerate(self.branch_names):
                 if view == CHANGES and l > 0:
-                    change = estimates[l, b].astype(np.int16) - estimates[l - 1, b]
-                    row_items.append((enlarge(np.clip(128 + change, 0, 255).astype(np.uint8)), f"change by {branch}"))
+                    change, extent = change_map(estimates[l, b], estimates[l - 1, b])
+                    row_items.append((enlarge(change), f"change by {branch}, ±{100 * extent:.0f}%"))
                 else:
                     row_items.append((enlarge(estimates[l, b]), branch))
             row_items.append((enlarge(self.images[b]), f"final: {caption}"))
@@ -81,6 +90,17 @@ class Generation:
     @property
     def columns(self):
         return len(self.branch_names) + 1
+
+
+def change_map(finer, coarser):
+    """What a finer branch changes in a coarser branch's estimate ([H, W, 3] uint8 each), as a grey [H, W, 3] uint8
+    image and its extent: the change in brightness (the mean of R, G and B), stretched to the map's own range so
+    that the small changes of late steps and the large ones of early steps both show (mid-grey: no change; white
+    and black: +-extent, a fraction of full brightness)."""
+    change = finer.astype(np.float32).mean(axis=-1) - coarser.astype(np.float32).mean(axis=-1)
+    scale = max(float(np.percentile(np.abs(change), CHANGE_PERCENTILE)), 1.0)
+    grey = np.clip(128 + 127 * change / scale, 0, 255).round().astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1), scale / 255
 
 
 def panel_steps(pipe, steps):

@@ -38,6 +38,7 @@ On a CPU, decoding a 256x256 image with the SD VAE costs more than a network ste
 
 import inspect
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,7 +189,8 @@ class DiMRPipeline(DiffusionPipeline):
 
     Components: `model` (DiMRModel), `vae` (AutoencoderKL for latent models, None for pixel-space models),
     `scheduler` (a diffusers scheduler on the SD scaled-linear schedule; `make_scheduler(name)` builds one).
-    Each call samples with a fresh copy of the scheduler, so one pipeline can serve concurrent calls.
+    Each call samples with a fresh copy of the scheduler and its own stop flag, so one pipeline can serve concurrent
+    calls (one per thread).
     """
 
     model_cpu_offload_seq = "model->vae"
@@ -202,6 +204,7 @@ class DiMRPipeline(DiffusionPipeline):
         # What a step calls: model.forward_branches, or an accelerated stand-in (dimr.acceleration) for this
         # pipeline alone, the shared model left as it is.
         self.network = None
+        self._call = threading.local()  # the state of the sampling call running on each thread: its stop flag
 
     @property
     def labels(self):
@@ -294,11 +297,11 @@ class DiMRPipeline(DiffusionPipeline):
         trace_eps, trace_x0 = [[] for _ in branch_scales], [[] for _ in branch_scales]
         # Checked before sampling, so a bad step index fails at once.
         image_steps = branch_step_indices(len(timesteps), branch_steps) if return_branches else []
-        self._interrupt = False
+        self._call.stopped = False
         network = self.network or self.model.forward_branches
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                if self._interrupt:
+                if self._call.stopped:
                     break
                 model_input = scheduler.scale_model_input(latents, t)
                 batch = torch.cat([model_input, model_input]) if do_guidance else model_input
@@ -340,8 +343,9 @@ class DiMRPipeline(DiffusionPipeline):
         return DiMRPipelineOutput(images=images, branches=trace)
 
     def stop(self):
-        """Stop the running sampling call after the current step (call it from callback_on_step_end)."""
-        self._interrupt = True
+        """Stop the sampling call running on this thread after its current step (call it from callback_on_step_end);
+        calls of this pipeline on other threads go on."""
+        self._call.stopped = True
 
     def decode(self, latents, output_type="pil"):
         """Latents (or pixel-space samples) [N, C, H, W] -> images per output_type.

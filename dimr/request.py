@@ -12,20 +12,14 @@ allowed.
 from dataclasses import dataclass
 
 from .catalogue import check_model, default_guidance, default_steps, model_labels
-from .checks import check_int
-from .limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS
+from .checks import check_int, check_number
+from .limits import MAX_GUIDANCE, MAX_GUIDANCE_POWER, MAX_IMAGES, MAX_SEED, MAX_STEPS, MIN_GUIDANCE_POWER
 from .pipeline import DEFAULT_SAMPLER, SAMPLERS, check_guidance, make_scheduler
 
 
 def check_guidance_scale(value, name="guidance_scale"):
-    """A guidance scale the demo takes: what the pipeline takes (a finite number, not negative), up to MAX_GUIDANCE."""
-    try:
-        check_guidance(value)
-    except ValueError as err:
-        raise ValueError(str(err).replace("guidance_scale", name, 1)) from None
-    if value > MAX_GUIDANCE:
-        raise ValueError(f"{name}={value} is more than the demo allows: use 0..{MAX_GUIDANCE:g}")
-    return float(value)
+    """A guidance scale the demo takes: a finite number in 0..MAX_GUIDANCE (0: unconditional, 1: no guidance)."""
+    return check_number(name, value, 0, MAX_GUIDANCE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,8 +58,9 @@ class Request:
             raise ValueError(f"{len(class_ids)} classes x {images_per_class} images per class = "
                              f"{len(class_ids) * images_per_class} images; the demo makes at most {max_images} "
                              f"per request")
-        check_guidance(guidance_scale, guidance_schedule, guidance_power)
         guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_power = check_number("guidance_power", guidance_power, MIN_GUIDANCE_POWER, MAX_GUIDANCE_POWER)
+        check_guidance(guidance_scale, guidance_schedule, guidance_power)
         num_inference_steps = check_int("num_inference_steps", num_inference_steps, 1, MAX_STEPS)
         seed = check_int("seed", seed, 0, MAX_SEED)
         if not isinstance(sampler, str):
@@ -74,7 +69,7 @@ class Request:
         make_scheduler(sampler)  # raises for an unknown sampler name
         return cls(model=model, class_ids=class_ids, images_per_class=images_per_class,
                    guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
-                   guidance_power=float(guidance_power), num_inference_steps=num_inference_steps, seed=seed,
+                   guidance_power=guidance_power, num_inference_steps=num_inference_steps, seed=seed,
                    sampler=sampler)
 
     @property

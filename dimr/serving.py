@@ -4,6 +4,8 @@
     start(default_model())                  # at server start-up: CPU threads, then the default model's weights
     for update in stream(request):          # Progress(step, total, preview) while sampling, then a Generation
         ...
+    for update in run_task(task):           # other work on the device, in turn with the requests: step numbers,
+        ...                                 # then task's result
     describe(generation)                    # the status line: what ran, where, how long
 """
 
@@ -50,16 +52,36 @@ class ModelUnavailable(ValueError):
     """A model cannot be loaded on this server; the message says so to a visitor, then what the operator must do."""
 
 
+def unavailable(missing):
+    """A ModelUnavailable for models this server lacks and cannot download now; missing: {what: how to install it}
+    (dimr.loading.missing_parts), each named with what the operator must do."""
+    one = len(missing) == 1
+    return ModelUnavailable(f"{listed(missing)} {'is' if one else 'are'} not installed on this server, and it cannot "
+                            f"download {'it' if one else 'them'} now (the Hugging Face hub cannot be reached, or "
+                            f"HF_HUB_OFFLINE is set); {listed(BUNDLED)} work meanwhile. What the operator of this demo "
+                            f"must do:\n{how_list(missing)}")
+
+
+def how_list(missing):
+    """'- what: how' per line, for {what: how to install it}."""
+    return "\n".join(f"- {what}: {how}" for what, how in missing.items())
+
+
+def listed(names):
+    """'a', 'a and b', 'a, b and c'."""
+    names = list(names)
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def load(model_name, sampler=DEFAULT_SAMPLER):
     """The pipeline for a model on the demo's device (networks are loaded once and kept in dimr.caches)."""
     mode = acceleration_mode()
     try:
         pipe = load_pipeline(model_name, device=device(), torch_dtype=mode_dtype(mode), sampler=sampler)
     except CheckpointError as err:
-        bundled = " and ".join(BUNDLED)
         raise ModelUnavailable(f"{model_name} is not available on this server right now (its weights are not "
-                               f"installed here); {bundled} work meanwhile. What the operator of this demo must do: "
-                               f"{err}") from err
+                               f"installed here); {listed(BUNDLED)} work meanwhile. What the operator of this demo "
+                               f"must do: {err}") from err
     return accelerate_pipeline(pipe, mode)
 
 
@@ -68,7 +90,8 @@ def batcher():
     global _batcher
     with _batcher_lock:
         if _batcher is None:
-            _batcher = Batcher(load=lambda request: load(request.model, request.sampler), branch_steps=panel_steps)
+            _batcher = Batcher(load=lambda request: load(request.model, request.sampler), branch_steps=panel_steps,
+                               finish=generation_from)
         return _batcher
 
 
@@ -79,12 +102,17 @@ def start(model_name):
     a thread pool waits for its slowest thread at every operation. Under ZeroGPU the weights are placed on the GPU
     now, outside any request; elsewhere they load in the background (and a "fast" model compiles its batch shapes,
     dimr.batching.Batcher.warm_up) while the app already answers; requests that arrive meanwhile go first."""
-    if device().type == "cpu" and is_pixel_space(model_name):
-        torch.set_num_threads(1)
+    torch.set_num_threads(cpu_threads(model_name))
     if zero_gpu():
         load(model_name)
     else:
         batcher().warm_up(lambda: load(model_name))
+
+
+def cpu_threads(model_name):
+    """The CPU threads the server samples a default model with (`start`): one for a pixel-space model on a CPU,
+    else torch's choice."""
+    return 1 if device().type == "cpu" and is_pixel_space(model_name) else torch.get_num_threads()
 
 
 @dataclass
@@ -110,19 +138,37 @@ def stream(request, stop=None, latents=None):
     gives the same tensor to DiMR and DiT); such a request samples alone.
 
     Requests waiting at the same time share sampling runs (dimr.batching); this one gets its own previews and
-    result. Setting the `stop` event (or closing this generator, as Gradio does when the browser goes away) ends
-    this request after the current step."""
-    stop = stop or threading.Event()
+    result (the Generation is shared with equal requests of the same run: treat it as read-only). Setting the
+    `stop` event (or closing this generator, as Gradio does when the browser goes away) ends this request after the
+    current step."""
     job = batcher().submit(request, stop, latents)
     try:
-        while not job.finished.wait(PREVIEW_INTERVAL_S):
-            item = job.take_preview()
-            if item is not None:
-                yield Progress(item[0] + 1, request.num_inference_steps, to_uint8(item[1]), request.captions)
+        for step, preview in _while_running(job):
+            yield Progress(step + 1, request.num_inference_steps, to_uint8(preview), request.captions)
     finally:
-        stop.set()
-    out, seconds = job.result()
-    yield generation_from(job.pipe, request, out, seconds)
+        job.stop.set()
+    yield job.result()
+
+
+def run_task(task, stop=None):
+    """Run task(progress) on the sampling worker, in turn with the requests (dimr.batching.Batcher.submit_task):
+    yields the number of steps done (1, 2, ...) about every PREVIEW_INTERVAL_S, then task's result. Setting `stop`
+    (or closing this generator) ends the task at its next progress() call."""
+    job = batcher().submit_task(task, stop)
+    try:
+        for step, _ in _while_running(job):
+            yield step + 1
+    finally:
+        job.stop.set()
+    yield job.result()
+
+
+def _while_running(job):
+    """A batcher job's newest (0-based step, preview) about every PREVIEW_INTERVAL_S, until it finishes."""
+    while not job.finished.wait(PREVIEW_INTERVAL_S):
+        update = job.take_preview()
+        if update is not None:
+            yield update
 
 
 def model_note(model_name):

@@ -11,7 +11,7 @@ The request's own checks run later, inside the grant; here a value they will ref
 
 import inspect
 
-from .catalogue import TINY_DIMR
+from .catalogue import TINY_DIMR, model_branches, model_choices
 from .limits import MAX_IMAGES, MAX_STEPS
 from .panel import MAX_PANEL_STEPS_LATENT
 
@@ -34,9 +34,16 @@ def gpu_seconds(model, classes, images_per_class, num_inference_steps):
         bounded(images_per_class, MAX_IMAGES)
     images, steps = min(images, MAX_IMAGES), bounded(num_inference_steps, MAX_STEPS)
     per_step = SECONDS_PER_IMAGE_STEP.get(model, max(SECONDS_PER_IMAGE_STEP.values()))
-    decodes = images * (3 * min(steps, MAX_PANEL_STEPS_LATENT) + 1)
+    # The branch panel decodes every branch at each panel step, then the final images.
+    decodes = images * (branch_count(model) * min(steps, MAX_PANEL_STEPS_LATENT) + 1)
     work = images * steps * per_step + decodes * SECONDS_PER_DECODE
     return min(MAX_SECONDS, round(FIXED_SECONDS + MARGIN * work))
+
+
+def branch_count(model):
+    """The model's branches; for a name the checks will refuse, the most any offered model has."""
+    names = [model] if model in model_choices() else model_choices()
+    return max(len(model_branches(name)) for name in names)
 
 
 def handler_seconds(arguments):

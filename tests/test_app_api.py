@@ -119,13 +119,14 @@ BAD_REQUESTS = {
     "more steps than the demo allows": (dict(num_inference_steps=500), "use 1..250"),
     "fractional steps": (dict(num_inference_steps=2.5), "num_inference_steps must be an integer, got 2.5"),
     "steps as text": (dict(num_inference_steps="many"), "num_inference_steps must be an integer, got 'many'"),
-    "negative guidance": (dict(guidance_scale=-1), "guidance_scale=-1 is negative"),
-    "more guidance than the demo allows": (dict(guidance_scale=12), "guidance_scale=12 is more than the demo allows: "
-                                                                     "use 0..10"),
+    "negative guidance": (dict(guidance_scale=-1), "guidance_scale=-1 is out of range: use 0..10"),
+    "more guidance than the demo allows": (dict(guidance_scale=12), "guidance_scale=12 is out of range: use 0..10"),
     "guidance as text": (dict(guidance_scale="strong"), "guidance_scale must be a finite number, got 'strong'"),
     "unknown schedule": (dict(guidance_schedule="linear"), "guidance_schedule 'linear' is not one of constant, "
                                                            "power-cosine"),
-    "zero power": (dict(guidance_schedule="power-cosine", guidance_power=0), "guidance_power=0 must be positive"),
+    "zero power": (dict(guidance_schedule="power-cosine", guidance_power=0), "guidance_power=0 is out of range: "
+                                                                             "use 0.1..4"),
+    "more power than the demo allows": (dict(guidance_power=4.5), "guidance_power=4.5 is out of range: use 0.1..4"),
     "too many images": (dict(classes=["ring", "star"], images_per_class=9), "18 images; the demo makes at most 16"),
     "images per class as text": (dict(images_per_class="2"), "images_per_class must be an integer, got '2'"),
     "negative seed": (dict(seed=-5), "seed=-5 is out of range: use 0..4294967295"),
@@ -232,3 +233,32 @@ def test_handler_inputs_follow_the_handlers_parameter_names(app_module):
         "<num_inference_steps>", "<seed>", "<sampler>"]
     with pytest.raises(KeyError, match="generation"):  # a handler's input without a component fails at build time
         app_module.on(trigger, app_module.fit_panel, components, None)
+
+
+def test_a_refusal_recorded_while_another_handler_reads_refusals_is_kept_for_its_status_line(app_module, monkeypatch):
+    """Handler threads record refusals while others read them: a reader that comes in the middle of a record waits
+    for it, and the visitor's status line gets the reason."""
+    import collections
+    import threading
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    visitor, readers, read = SimpleNamespace(session_hash="a visitor"), [], []
+
+    class Interleaved(collections.OrderedDict):
+        def move_to_end(self, key, last=True):  # in the middle of a record: another handler reads the refusals
+            readers.append(threading.Thread(target=lambda: read.append(app_module.last_refusal(visitor))))
+            readers[-1].start()
+            readers[-1].join(0.5)  # without a lock the reader takes the record now, half made
+            super().move_to_end(key, last)
+
+    monkeypatch.setattr(app_module, "_refusals", Interleaved())
+
+    def refuse():
+        raise ValueError("unknown class name 'unicorn'")
+
+    with pytest.raises(gr.Error, match="unknown class name 'unicorn'"):
+        app_module.checked(visitor, refuse)
+    readers[0].join(30)
+    assert read == ["**Could not run:** unknown class name 'unicorn'"]

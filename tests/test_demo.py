@@ -140,15 +140,31 @@ def test_the_judges_verdicts_caption_real_shapes_as_recognised_and_a_blank_as_mi
 def test_the_change_view_shows_what_each_finer_branch_changes_on_mid_grey():
     estimates = np.zeros((1, 3, 1, 32, 32, 3), np.uint8)
     estimates[0, 0] = 100  # the coarse estimate
-    estimates[0, 1] = 150  # the next branch brightens everything by 50
+    estimates[0, 1] = 150  # the next branch brightens everything by 50 of 255
     estimates[0, 2] = 150  # the finest changes nothing
     generation = fake_generation("tiny-dimr", ["ring"], np.full((1, 32, 32, 3), 7, np.uint8), estimates)
     rows = generation.branch_panel(view=panel.CHANGES)
-    assert [caption for _, caption in rows] == ["8x8 transformer (4x4 px patches)", "change by 16x16 ConvNeXt",
-                                                 "change by 32x32 ConvNeXt", "final: ring"]
-    assert [int(np.asarray(image).mean()) for image, _ in rows] == [100, 128 + 50, 128, 7]
+    assert [caption for _, caption in rows] == ["8x8 transformer (4x4 px patches)", "change by 16x16 ConvNeXt, ±20%",
+                                                 "change by 32x32 ConvNeXt, ±0%", "final: ring"]
+    assert [int(np.asarray(image).mean()) for image, _ in rows] == [100, 255, 128, 7]
+    assert "each map stretched to its own range" in generation.panel_note(1, panel.CHANGES)
+    assert "stretched" not in generation.panel_note(1, panel.ESTIMATES)
     with pytest.raises(ValueError, match="view must be 'estimates' or 'changes', got 'diff'"):
         generation.branch_panel(view="diff")
+
+
+@pytest.mark.parametrize("extent", [3, 40])
+def test_a_change_map_uses_its_full_contrast_whether_the_change_is_small_or_large(extent):
+    """Late steps change little and early steps a lot: either way the map spans black to white, in grey (the
+    brightness change, not colour noise), and the caption's extent says how large the change is."""
+    coarse = np.full((32, 32, 3), 128, np.uint8)
+    finer = coarse.copy()
+    finer[:16, :, 0] += 3 * extent  # brighter at the top, in red only: brightness + extent
+    finer[16:, :, 1] -= 3 * extent  # darker at the bottom, in green only: brightness - extent
+    change, fraction = panel.change_map(finer, coarse)
+    assert (change[..., 0] == change[..., 1]).all() and (change[..., 1] == change[..., 2]).all()
+    assert (change[:16] == 255).all() and (change[16:] == 1).all()
+    assert fraction == pytest.approx(extent / 255)
 
 
 def test_measured_distortion_is_read_from_the_models_directory(tmp_path, monkeypatch):

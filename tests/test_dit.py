@@ -3,6 +3,7 @@ laid out as facebook/DiT-XL-2-256 in a Hugging Face cache, and a tiny latent DiM
 The DiT loop equals diffusers' DiTPipeline, both sides start from bit-identical noise, the endpoint returns both
 galleries and the branch panel, bad input and missing weights get clear errors at once."""
 
+import threading
 import time
 
 import huggingface_hub.constants
@@ -117,7 +118,7 @@ def test_a_comparison_returns_both_galleries_and_the_branch_panel(tiny_setup):
     request = ComparisonRequest.check(classes=[207, "macaw"], num_inference_steps=3, seed=1, patch_grid=True)
     updates = run(request)
     models = [u.model for u in updates[:-1]]
-    assert models[-1] == "DiT-XL/2" and models.count("DiT-XL/2") == 3
+    assert models == sorted(models, key=lambda model: model == "DiT-XL/2"), "DiMR's progress, then DiT's"
     comparison = updates[-1]
     dimr_gallery, dit_gallery = comparison.dimr.gallery(), comparison.dit_gallery()
     assert [c for _, c in dimr_gallery] == [c for _, c in dit_gallery] == ["golden retriever", "macaw"]
@@ -142,7 +143,7 @@ def test_the_patch_grid_marks_every_token_border_and_nothing_else():
 @pytest.mark.parametrize("arguments, message", [
     (dict(classes=["not a class at all"]), "not a class at all"),
     (dict(classes=[]), "no class chosen"),
-    (dict(classes=[1], dit_guidance_scale=-1), "^dit_guidance_scale=-1 is negative"),
+    (dict(classes=[1], dit_guidance_scale=-1), "^dit_guidance_scale=-1 is out of range: use 0..10$"),
     (dict(classes=[1], dimr_guidance_scale=float("nan")), "^dimr_guidance_scale must be a finite number"),
     (dict(classes=[1], dit_guidance_scale="high"), "^dit_guidance_scale must be a finite number"),
     (dict(classes=[1], patch_grid="yes"), "patch_grid must be true or false"),
@@ -213,17 +214,46 @@ def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path, imag
         branches = ["8x8 latent transformer (2x2 px patches)", "16x16 latent ConvNeXt"]
         assert [item["caption"] for item in panel] == [*branches, "final: golden retriever", *branches, "final: macaw"]
         assert "Same noise (seed 0)" in status and "DiT-XL/2: 2 images, 2 steps" in status
-        with pytest.raises(Exception, match="dit_guidance_scale=-2 is negative"):
+        with pytest.raises(Exception, match="dit_guidance_scale=-2 is out of range: use 0..10"):
             client.predict(classes=[1], images_per_class=1, num_inference_steps=2, seed=0, dimr_guidance_scale=1.4,
                            dit_guidance_scale=-2, patch_grid=False, api_name="/compare_imagenet")
 
 
-def test_the_tab_note_lists_the_weights_a_first_comparison_downloads(hub_cache, tiny_vae, monkeypatch):
+def test_the_tab_note_names_every_model_still_missing_and_how_to_install_it(hub_cache, tiny_vae, monkeypatch):
     monkeypatch.delenv("DIMR_MODEL", raising=False)
-    assert imagenet_compare.missing_weights() == ["DiMR-XL/2R (downloads 2 GB + the SD VAE)",
-                                                  "DiT-XL/2 (3 GB transformer + 335 MB VAE)"]
+    assert list(imagenet_compare.missing_models()) == ["DiMR-XL/2R", "the SD VAE (stabilityai/sd-vae-ft-ema)",
+                                                       "DiT-XL/2"]
+    note = imagenet_compare.setup_note()
+    assert "Not installed on this server: DiMR-XL/2R, the SD VAE (stabilityai/sd-vae-ft-ema) and DiT-XL/2" in note
+    assert "python -m dimr convert DiMR-XL_2R_800epochs.pth --variant DiMR-XL/2R" in note
+    assert "huggingface-cli download facebook/DiT-XL-2-256` (3 GB transformer + 335 MB VAE)" in note
     put_dit_in_hub_cache(hub_cache, tiny_dit(), tiny_vae)
-    assert imagenet_compare.missing_weights() == ["DiMR-XL/2R (downloads 2 GB + the SD VAE)"]
+    assert list(imagenet_compare.missing_models()) == ["DiMR-XL/2R", "the SD VAE (stabilityai/sd-vae-ft-ema)"]
+
+
+def test_offline_a_comparison_is_refused_at_once_naming_every_missing_model(hub_cache, monkeypatch):
+    monkeypatch.delenv("DIMR_MODEL", raising=False)
+    monkeypatch.setenv("DIMR_DEVICE", "cpu")
+    start = time.monotonic()
+    with pytest.raises(ValueError) as err:
+        imagenet_compare.load_comparison(ComparisonRequest.check(classes=[1]))
+    assert time.monotonic() - start < 5
+    message = str(err.value)
+    assert message.startswith("DiMR-XL/2R, the SD VAE (stabilityai/sd-vae-ft-ema) and DiT-XL/2 are not installed "
+                              "on this server")
+    assert "- DiMR-XL/2R: Download DiMR-XL_2R_800epochs.pth from https://huggingface.co/QHL067/DiMR" in message
+    assert "- DiT-XL/2: On a connected machine run `huggingface-cli download facebook/DiT-XL-2-256`" in message
+
+
+def test_dit_samples_on_the_one_sampling_thread(tiny_setup, monkeypatch):
+    request = ComparisonRequest.check(classes=[207], num_inference_steps=2, seed=1)
+    _, dit_pipe = imagenet_compare.load_comparison(request)
+    threads = []
+    forward = dit_pipe.transformer.forward
+    monkeypatch.setattr(dit_pipe.transformer, "forward",
+                        lambda *a, **kw: threads.append(threading.current_thread().name) or forward(*a, **kw))
+    run(request)
+    assert threads and set(threads) == {"dimr-sampling"}
 
 
 def test_the_request_benchmark_runs_on_cpu_and_writes_its_rows(tmp_path, run_script):

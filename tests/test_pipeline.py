@@ -1,6 +1,8 @@
 """DiMRPipeline: official-quality sampling, guidance, determinism, per-branch traces, and clear input errors."""
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -276,6 +278,41 @@ def test_a_callback_can_stop_sampling_early(latent_pipe):
     out = latent_pipe([1], num_inference_steps=10, output_type="latent", return_branches=True,
                       callback_on_step_end=stop)
     assert len(out.branches.timesteps) == 2
+
+
+@pytest.mark.parametrize("first_to_start", ["stopping call", "other call"])
+def test_a_stop_ends_only_its_own_call_of_a_shared_pipeline(latent_pipe, first_to_start):
+    """Two threads sample with one pipeline; one call stops itself after its first step while the other starts or
+    runs. The stopping call ends there, whichever started first, and the other runs all its steps."""
+    stopped, other_started = threading.Event(), threading.Event()
+
+    def stopping(pipe, i, t, tensors):
+        if i == 0:
+            pipe.stop()
+            stopped.set()
+            assert other_started.wait(60)  # the other call starts (and begins its steps) after this stop
+        return {}
+
+    def other(pipe, i, t, tensors):
+        other_started.set()
+        assert stopped.wait(60)  # the other call steps on after the stop
+        return {}
+
+    def run(callback):
+        return latent_pipe([1], num_inference_steps=6, output_type="latent", return_branches=True,
+                           callback_on_step_end=callback)
+
+    with ThreadPoolExecutor(2) as pool:
+        if first_to_start == "stopping call":
+            stopping_run = pool.submit(run, stopping)
+            assert stopped.wait(60)
+            other_run = pool.submit(run, other)
+        else:
+            other_run = pool.submit(run, other)
+            assert other_started.wait(60)
+            stopping_run = pool.submit(run, stopping)
+        assert len(stopping_run.result().branches.timesteps) == 1
+        assert len(other_run.result().branches.timesteps) == 6
 
 
 def test_a_stopped_run_shows_only_the_branch_steps_it_reached(tiny_pixel_model):

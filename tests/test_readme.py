@@ -12,8 +12,10 @@ README = (REPO_ROOT / "README.md").read_text()
 
 
 def test_the_readme_states_the_demos_limits():
-    assert (f"at most {limits.MAX_IMAGES} images, {limits.MAX_STEPS} steps and guidance {limits.MAX_GUIDANCE:g}"
-            in " ".join(README.split()))
+    text = " ".join(README.split())
+    assert f"at most {limits.MAX_IMAGES} images, {limits.MAX_STEPS} steps and guidance {limits.MAX_GUIDANCE:g}" in text
+    assert f"Compare: {limits.MAX_COMPARE_IMAGES} images per model" in text
+    assert f"guidance power {limits.MIN_GUIDANCE_POWER:g}..{limits.MAX_GUIDANCE_POWER:g}" in text
 
 
 @pytest.mark.parametrize("name", ["tiny-dimr", "tiny-baseline"])

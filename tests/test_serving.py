@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from dimr import serving, zero_gpu
+from dimr import catalogue, serving, zero_gpu
 
 DIMR_MODULES = ["batching", "caches", "catalogue", "dit", "imagenet_compare", "lab", "limits", "panel", "request",
                 "serving", "zero_gpu"]
@@ -88,14 +88,23 @@ def test_zero_gpu_samples_in_bf16_without_compilation(monkeypatch):
 
 
 @pytest.mark.parametrize("model, classes, per_class, steps, expected", [
-    ("DiMR-XL/2R", [1, 2, 3, 4], 1, 25, 13),       # the demo's default request
-    ("DiMR-XL/2R", [1, 2, 3, 4], 4, 250, 49),      # the largest request
-    ("DiMR-G/2R", [1, 2, 3, 4], 4, 250, 80),
-    ("DiMR-G/2R", "not a list", "x", None, 80),    # raw values the checks will reject: the largest estimate
-    ("DiMR-G/2R", [1] * 40, 99, 10**6, 80),
+    ("DiMR-XL/2R", [1, 2, 3, 4], 1, 25, 12),       # the demo's default request
+    ("DiMR-XL/2R", [1, 2, 3, 4], 4, 250, 45),      # the largest request
+    ("DiMR-G/2R", [1, 2, 3, 4], 4, 250, 77),
+    ("DiMR-G/2R", "not a list", "x", None, 77),    # raw values the checks will reject: the largest estimate
+    ("DiMR-G/2R", [1] * 40, 99, 10**6, 77),
 ])
 def test_zero_gpu_duration_grows_with_the_request_and_never_fails(model, classes, per_class, steps, expected):
     assert zero_gpu.gpu_seconds(model, classes, per_class, steps) == expected
+
+
+@pytest.mark.parametrize("model", ["DiMR-XL/2R", "DiMR-G/2R"])
+def test_zero_gpu_prices_the_branch_panel_of_the_models_own_branches(model):
+    """The released models have two branches: the panel of 16 images decodes 2 estimates per image at each of its
+    20 steps, then the 16 final images."""
+    assert len(catalogue.model_branches(model)) == 2
+    work = 16 * 250 * zero_gpu.SECONDS_PER_IMAGE_STEP[model] + 16 * (2 * 20 + 1) * zero_gpu.SECONDS_PER_DECODE
+    assert zero_gpu.gpu_seconds(model, [1, 2, 3, 4], 4, 250) == round(zero_gpu.FIXED_SECONDS + zero_gpu.MARGIN * work)
 
 
 def test_compare_asks_for_two_runs_of_gpu_time():

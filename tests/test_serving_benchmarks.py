@@ -14,10 +14,14 @@ def test_demo_requests_writes_one_row_per_request(tmp_path, run_script):
     assert str(tmp_path) not in json.dumps(rows) and "| tiny-latent (random weights) | 2 | 2 |" in stdout
 
 
-def test_load_app_prints_its_request_latencies_and_throughput(run_script):
-    stdout = run_script("benchmarks/load_app.py", "--concurrency", "3", "--requests", "0", "--steps", "2",
-                        "--classes", "ring", "--vary-seed")
+def test_load_app_prints_the_floor_both_bursts_their_ratios_and_the_servers_memory(run_script):
+    stdout = run_script("benchmarks/load_app.py", "--concurrency", "3", "--requests", "3", "--steps", "2",
+                        "--classes", "ring")
     request = json.loads(stdout.split("each request: ", 1)[1].splitlines()[0])
     assert request["classes"] == ["ring"] and request["num_inference_steps"] == 2 and request["model"] == "tiny-dimr"
-    assert "burst of 3 concurrent requests (seeds 0..2): all succeeded" in stdout and "p95" in stdout
-    assert "images/s" in stdout
+    assert "floor: 3 requests (seeds 0..2) sampled back to back in this process: " in stdout
+    assert "burst of 3 requests with seeds 0..2: all answered; p50 " in stdout and "p95 / floor " in stdout
+    assert "burst of 3 equal requests: all answered; " in stdout and "p95 / one alone " in stdout
+    assert "3 more requests (3 at a time, new seeds)" in stdout and "server RSS " in stdout
+    table = stdout[stdout.index("| measured | result | target |"):]
+    assert "**p95 = " in table and "<= 1.3 x floor" in table and "<= 3.0 x one alone" in table
