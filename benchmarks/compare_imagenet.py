@@ -24,8 +24,10 @@ from pathlib import Path
 import huggingface_hub.constants
 import torch
 
-from dimr.config import REPO_ROOT
-from sampling import SD_VAE_CONFIG, TINY_CONFIG, TINY_VAE_CONFIG, Log, device_info, randomize, slug
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+
+from dimr.config import REPO_ROOT  # noqa: E402
+from sampling import SD_VAE_CONFIG, TINY_CONFIG, TINY_VAE_CONFIG, Log, device_info, randomize, slug  # noqa: E402
 
 DIT_XL_2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
                 sample_size=32, patch_size=2, num_embeds_ada_norm=1000)

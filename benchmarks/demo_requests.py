@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
-from dimr import DiMRModel, variant_config
-from dimr.config import VARIANTS
-from dimr.loading import SD_VAE_CONFIG
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+
+from dimr import DiMRModel, variant_config  # noqa: E402
+from dimr.config import VARIANTS  # noqa: E402
+from dimr.loading import SD_VAE_CONFIG  # noqa: E402
 
 TINY_LATENT = "tiny-latent"
 # A small latent DiMR (4x8x8 latents, ImageNet's 1000 classes) and a VAE decoding them to 16x16 images.

@@ -16,15 +16,19 @@ So the official-style rows differ from ours only by checkpointing and grad mode.
 import argparse
 import contextlib
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from dimr import DiMRModel, variant_config
-from dimr.config import normalize_official_config
-from sampling import TINY_CONFIG, gflop_per_image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+
+from dimr import DiMRModel, variant_config  # noqa: E402
+from dimr.config import normalize_official_config  # noqa: E402
+from sampling import TINY_CONFIG, gflop_per_image  # noqa: E402
 
 
 class OfficialBlock(torch.nn.Module):

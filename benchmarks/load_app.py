@@ -33,7 +33,9 @@ from urllib.parse import urlparse
 
 import httpx
 
-from dimr.config import REPO_ROOT
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+
+from dimr.config import REPO_ROOT  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_CONCURRENCY = 64  # the app's queue holds 64 requests

@@ -14,6 +14,7 @@ Prints one row (images, CPU minutes, images/s, misdrawn, FID, precision, recall)
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,14 +23,16 @@ from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from dimr.classifier import load_classifier
-from dimr.config import REPO_ROOT
-from dimr.data.shapes import CLASS_NAMES, make_dataset, to_model_range, to_uint8
-from dimr.defaults import SHAPES_GUIDANCE, SHAPES_STEPS
-from dimr.distortion import distortion_rate, even_labels, flag_frames, real_reference
-from dimr.grids import save_png, tile
-from dimr.objective import alphas_cumprod, diffusion_loss, sample_timesteps
-from dimr.pipeline import DiMRPipeline, make_scheduler
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+
+from dimr.classifier import load_classifier  # noqa: E402
+from dimr.config import REPO_ROOT  # noqa: E402
+from dimr.data.shapes import CLASS_NAMES, make_dataset, to_model_range, to_uint8  # noqa: E402
+from dimr.defaults import SHAPES_GUIDANCE, SHAPES_STEPS  # noqa: E402
+from dimr.distortion import distortion_rate, even_labels, flag_frames, real_reference  # noqa: E402
+from dimr.grids import save_png, tile  # noqa: E402
+from dimr.objective import alphas_cumprod, diffusion_loss, sample_timesteps  # noqa: E402
+from dimr.pipeline import DiMRPipeline, make_scheduler  # noqa: E402
 
 NULL_CLASS = len(CLASS_NAMES)
 SCHEDULE = dict(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", thresholding=True)

@@ -23,6 +23,7 @@ import math
 import platform
 import re
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,12 +32,14 @@ import torch
 from diffusers import AutoencoderKL
 from torch.utils.flop_counter import FlopCounterMode
 
-from dimr import DiMRModel, variant_config
-from dimr.acceleration import accelerate_pipeline, default_mode, mode_dtype
-from dimr.config import REPO_ROOT, normalize_official_config
-from dimr.loading import SD_VAE_CONFIG
-from dimr.model import TimeDependentParameter
-from dimr.pipeline import DEFAULT_SAMPLER, DiMRPipeline, make_scheduler
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+
+from dimr import DiMRModel, variant_config  # noqa: E402
+from dimr.acceleration import accelerate_pipeline, default_mode, mode_dtype  # noqa: E402
+from dimr.config import REPO_ROOT, normalize_official_config  # noqa: E402
+from dimr.loading import SD_VAE_CONFIG  # noqa: E402
+from dimr.model import TimeDependentParameter  # noqa: E402
+from dimr.pipeline import DEFAULT_SAMPLER, DiMRPipeline, make_scheduler  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, first match wins.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.1)]

@@ -27,8 +27,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dimr.config import REPO_ROOT
-from dimr.train_config import load_config, prepare_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+
+from dimr.config import REPO_ROOT  # noqa: E402
+from dimr.train_config import load_config, prepare_config  # noqa: E402
 
 RUNS = REPO_ROOT / "runs" / "ablations"
 

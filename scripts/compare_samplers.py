@@ -13,15 +13,18 @@ import argparse
 import inspect
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from dimr.config import REPO_ROOT
-from dimr.pipeline import SAMPLERS, DiMRPipeline, make_scheduler
-from dimr.weights import from_official
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+
+from dimr.config import REPO_ROOT  # noqa: E402
+from dimr.pipeline import SAMPLERS, DiMRPipeline, make_scheduler  # noqa: E402
+from dimr.weights import from_official  # noqa: E402
 
 GOLDEN = REPO_ROOT / "tests" / "fixtures" / "golden"
 GUIDANCE = {  # golden key -> pipeline guidance settings
