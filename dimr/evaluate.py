@@ -49,7 +49,8 @@ from .atomic import replaced_atomically
 from .checks import check_int
 from .data.shapes import CLASS_NAMES, to_uint8
 from .loading import MODELS, load_pipeline, model_config, model_files, trained_noise_settings
-from .pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, MAX_INFERENCE_STEPS, SAMPLERS, check_guidance
+from .pipeline import MAX_INFERENCE_STEPS, check_guidance
+from .sample_cli import add_sampling_arguments
 from .sample_files import write_samples
 
 # The official evaluation: DPM-Solver with 250 model evaluations (dimr-reference, "Sampling as the official
@@ -68,15 +69,7 @@ def add_cli_arguments(parser):
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                         help=f"number of images N (default {DEFAULT_SAMPLES:,})")
     parser.add_argument("--out", type=Path, required=True, help="the sample file to write, ending in .npz")
-    parser.add_argument("--steps", type=int,
-                        help=f"sampling steps (default: {PAPER_STEPS} for ImageNet models, the paper's evaluation; "
-                             f"{defaults.SHAPES_STEPS} for the shapes models)")
-    parser.add_argument("--guidance", type=float,
-                        help=f"guidance scale (default: {defaults.IMAGENET_GUIDANCE:g} for ImageNet models, "
-                             f"{defaults.SHAPES_GUIDANCE:g} for the shapes models)")
-    parser.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default="constant")
-    parser.add_argument("--guidance-power", type=float, default=1.0, help="p of the power-cosine schedule")
-    parser.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER)
+    add_sampling_arguments(parser, PAPER_STEPS, ", the paper's evaluation")
     parser.add_argument("--seed", type=int, default=0, help="sample i starts from noise drawn from (seed, i)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per block and batch (default {DEFAULT_BATCH_SIZE}); keep it when resuming")

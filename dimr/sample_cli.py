@@ -21,15 +21,11 @@ from .loading import MODELS, load_pipeline
 from .pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
 
 
-def add_cli_arguments(parser):
-    parser.description = __doc__
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--model", default="tiny-dimr",
-                        help=f"one of {', '.join(MODELS)}, or a directory with config.json (default: tiny-dimr)")
-    parser.add_argument("--class", dest="classes", action="append", required=True, metavar="LABEL",
-                        help="class id, name or synonym; repeat for several images")
+def add_sampling_arguments(parser, imagenet_steps, imagenet_steps_note=""):
+    """--steps, --guidance, --guidance-schedule, --guidance-power and --sampler, as `dimr sample` and `dimr evaluate`
+    take them (steps and guidance default to None: the model's own, known once it is loaded)."""
     parser.add_argument("--steps", type=int,
-                        help=f"sampling steps (default: {defaults.IMAGENET_STEPS} for ImageNet models, "
+                        help=f"sampling steps (default: {imagenet_steps} for ImageNet models{imagenet_steps_note}, "
                              f"{defaults.SHAPES_STEPS} for the shapes models)")
     parser.add_argument("--guidance", type=float,
                         help=f"guidance scale s; 1 = off (default: {defaults.IMAGENET_GUIDANCE:g} for ImageNet "
@@ -37,6 +33,16 @@ def add_cli_arguments(parser):
     parser.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default="constant")
     parser.add_argument("--guidance-power", type=float, default=1.0, help="p of the power-cosine schedule")
     parser.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER)
+
+
+def add_cli_arguments(parser):
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--model", default="tiny-dimr",
+                        help=f"one of {', '.join(MODELS)}, or a directory with config.json (default: tiny-dimr)")
+    parser.add_argument("--class", dest="classes", action="append", required=True, metavar="LABEL",
+                        help="class id, name or synonym; repeat for several images")
+    add_sampling_arguments(parser, defaults.IMAGENET_STEPS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG with the samples in a row")
     parser.add_argument("--branches", type=Path, help="also write every branch's clean estimate over time here")
