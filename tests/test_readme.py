@@ -6,6 +6,8 @@ import re
 import pytest
 
 from dimr import lab, limits
+from dimr.data.shapes import CLASS_NAMES
+from dimr.distortion import wilson_interval
 from dimr.config import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -23,6 +25,29 @@ def test_the_models_table_shows_the_stored_distortion(name):
     stored = lab.measured_distortion(name)
     row = next(line for line in README.splitlines() if line.startswith(f"| `{name}` |"))
     assert f"{100 * stored['rate']:.1f}% ({stored['flagged']} of {stored['samples']}" in row
+
+
+def lab_rows():
+    """The README's lab tables as the stored measurements give them: the measure of real renders and of both tiny
+    models, then misdrawn per class."""
+    stored = {name: lab.measured_distortion(name) for name in ("tiny-dimr", "tiny-baseline")}
+    real = stored["tiny-dimr"]["real"]
+    samples = stored["tiny-dimr"]["samples"]
+    low, high = wilson_interval(round(real["rate"] * samples), samples)
+    rows = [f"| real renders | {100 * real['rate']:.1f}% ({100 * low:.1f}-{100 * high:.1f}%) | {real['fid']:.2f} | "
+            f"{real['precision']:.2f} | {real['recall']:.2f} |"]
+    for name, result in stored.items():
+        low, high = result["ci95"]
+        rows.append(f"| `{name}` | {100 * result['rate']:.1f}% ({100 * low:.1f}-{100 * high:.1f}%) | "
+                    f"{result['fid']:.1f} | {result['precision']:.2f} | {result['recall']:.2f} |")
+    for name, result in stored.items():
+        rows.append(f"| `{name}` | " + " | ".join(str(result["per_class"][c][0]) for c in CLASS_NAMES) + " |")
+    return rows
+
+
+def test_the_lab_tables_show_the_stored_measurements():
+    lines = README.splitlines()
+    assert all(row in lines for row in lab_rows())
 
 
 def test_the_python_api_runs_as_written(tmp_path, monkeypatch, one_thread):
