@@ -6,23 +6,20 @@ on 127.0.0.1:7860 (settings: docs/serving.md); the main actions are also the API
 and `/compare_imagenet`.
 """
 
-import collections
-import hashlib
 import inspect
-import io
 import logging
 import random
-import threading
 from pathlib import Path
 
 import gradio as gr
 from gradio.utils import get_upload_folder
 
 from dimr import catalogue, imagenet_compare, lab, limits, serving
-from dimr.atomic import replaced_atomically
 from dimr.dit import DIT_GUIDANCE, DIT_NAME
 from dimr.panel import CHANGES, ESTIMATES
 from dimr.pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
+from dimr.png_files import png_file
+from dimr.refusals import Refusals
 from dimr.request import Request
 from dimr.zero_gpu import on_gpu
 
@@ -32,26 +29,19 @@ THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui",
 GALLERY = dict(height="fit-content", format="png", object_fit="contain", elem_classes="pixelated",
                buttons=["download", "fullscreen"])
 PRIVATE = dict(api_visibility="private")  # browser-only events: not part of the API
-CONCURRENT_REQUESTS = 32  # handed to dimr.serving at once: it samples those that wait together in shared runs
 # The panel's browser-only updates read images already made: many at once, and never behind a sampling request.
 PANEL_EVENTS = dict(concurrency_id="panel", concurrency_limit=8, **PRIVATE)
 # Sampling requests and ImageNet comparisons wait in groups of their own: Gradio gives every event of a group the
-# group's lowest limit, and a comparison (minutes on a CPU) runs one at a time.
-SAMPLING_EVENTS = dict(concurrency_id="sampling", concurrency_limit=CONCURRENT_REQUESTS)
+# group's lowest limit, and a comparison (minutes on a CPU) runs one at a time. Up to 32 sampling requests go to
+# dimr.serving at once: it samples those that wait together in shared runs.
+SAMPLING_EVENTS = dict(concurrency_id="sampling", concurrency_limit=32)
 IMAGENET_EVENTS = dict(concurrency_id="imagenet", concurrency_limit=1)
 
-# The API's handlers get raw values (preprocess=False), so API callers see the pipeline's own messages (which value,
-# what is allowed) instead of a generic component error, and a typed value reaches the checks as typed (the page
-# keeps a slider's typed number instead of clamping it: assets/app.js). They return plain values only, never
-# gr.update / gr.skip / components for non-State outputs: for each of those Gradio 6.31 builds a component that it
-# keeps in the session's config, so a long-lived client session grew with every request. Layout updates run in
-# browser-only events.
-
-# The message of each browser session's last refused request, shown in its status line by a failure event. API
-# clients never trigger that event, so only the latest sessions are kept. Handler threads record and read them.
-_refusals = collections.OrderedDict()
-_refusals_lock = threading.Lock()
-MAX_REFUSALS = 256
+# The API's handlers get raw values (preprocess=False): callers see the checks' own messages, and a typed value
+# reaches them as typed (assets/app.js keeps sliders from clamping). They return plain values, never gr.update /
+# gr.skip for non-State outputs: Gradio 6.31 keeps a component per such update in the session's config, so a
+# long-lived client session grew with every request. Layout updates run in browser-only events.
+REFUSALS = Refusals()  # each browser session's last refused request, for its status line
 
 
 def checked(visitor, fn, *args, **kwargs):
@@ -63,19 +53,13 @@ def checked(visitor, fn, *args, **kwargs):
         message = str(err)
         log.info("refused: %s", " ".join(message.split()))
         if visitor is not None and visitor.session_hash:
-            with _refusals_lock:
-                _refusals[visitor.session_hash] = message
-                _refusals.move_to_end(visitor.session_hash)
-                while len(_refusals) > MAX_REFUSALS:
-                    _refusals.popitem(last=False)
+            REFUSALS.record(visitor.session_hash, message)
         raise gr.Error(message, title="Cannot run", print_exception=False) from None
 
 
 def last_refusal(visitor: gr.Request = None):
     """The status line after a failed run: the reason stays there until the next action."""
-    with _refusals_lock:
-        reason = _refusals.pop(visitor.session_hash, "see the message above")
-    return f"**Could not run:** {reason}"
+    return f"**Could not run:** {REFUSALS.pop(visitor.session_hash, 'see the message above')}"
 
 
 def on(trigger, fn, components, outputs, **options):
@@ -85,23 +69,10 @@ def on(trigger, fn, components, outputs, **options):
     return trigger(fn, inputs, outputs, **options)
 
 
-def cached_png(image):
-    """A PIL image as a PNG file in Gradio's cache, made once per content: equal images (the same preview or panel
-    for every visitor of a shared run) are encoded and written once, and a file is complete before anyone gets its
-    path (Gradio's own save rewrites the file for every equal request, and a client fetching it meanwhile gets it
-    empty)."""
-    digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()
-    path = Path(get_upload_folder()) / "dimr" / digest / "image.png"
-    if not path.exists():
-        buffer = io.BytesIO()
-        image.save(buffer, format="png", compress_level=1)  # enlarged pixels compress well even so, 3x faster
-        with replaced_atomically(path) as partial:
-            partial.write_bytes(buffer.getvalue())
-    return str(path)
-
-
 def as_files(captioned_images):
-    return [(cached_png(image), caption) for image, caption in captioned_images]
+    """Captioned PIL images as captioned PNG files in Gradio's cache (dimr.png_files: once per content)."""
+    folder = Path(get_upload_folder()) / "dimr"
+    return [(png_file(image, folder), caption) for image, caption in captioned_images]
 
 
 def controls(arguments):
@@ -145,24 +116,16 @@ def sampling_settings(model, prefix=""):
         c["sampler"] = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", min_width=180)
         c["seed"] = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED, label="Seed", min_width=140,
                               elem_id=f"{prefix}seed")
-    dice = gr.Button("Random seed", size="sm")
-    dice.click(lambda: random.randint(0, limits.MAX_SEED), None, c["seed"], **PRIVATE)
+    gr.Button("Random seed", size="sm").click(lambda: random.randint(0, limits.MAX_SEED), None, c["seed"], **PRIVATE)
     c["guidance_schedule"].change(lambda schedule: gr.update(interactive=schedule == "power-cosine"),
                                   c["guidance_schedule"], c["guidance_power"], **PRIVATE)
     return c
 
 
-# ---- Generate: the samples, their real shapes and the branch panel ----
-def class_picker(model, classes):
-    label = f"Classes ({len(catalogue.model_labels(model))}; type to search names and synonyms)"
-    return dict(choices=catalogue.model_labels(model).choices(), value=classes, label=label)
-
-
 def on_model_change(model, classes, classes_model):
     """A new model: its classes (the chosen ones kept when it has the same classes), note, and default settings."""
     checked(None, catalogue.check_model, model)
-    keep = classes_model is not None and catalogue.same_classes(model, classes_model) and classes
-    return (gr.update(**class_picker(model, classes if keep else catalogue.default_classes(model))),
+    return (gr.update(**catalogue.class_picker(model, catalogue.classes_after_change(model, classes, classes_model))),
             serving.model_note(model), catalogue.default_guidance(model), catalogue.default_steps(model), model)
 
 
@@ -176,25 +139,24 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
     """Sample images_per_class images of each class. Returns the samples, the branch panel after the last step (per
     image: each branch's estimate, lowest resolution first, then the final image), its step, and a status line."""
     request = checked(visitor, Request.check, **controls(locals()))
-    steps = request.num_inference_steps
     for kind, value in sample(request, progress, visitor):
         if kind == "preview":  # the panel of the previous run is cleared: it will belong to this one
-            yield value, [], steps, f"Sampling with {request.model}…", gr.skip()
+            yield value, [], request.num_inference_steps, f"Sampling with {request.model}…", gr.skip()
         else:
-            yield as_files(value.gallery()), as_files(value.branch_panel()), steps, serving.describe(value), value
+            yield (as_files(value.gallery()), as_files(value.branch_panel()), request.num_inference_steps,
+                   serving.describe(value), value)
 
 
 def fit_panel(generation, panel_view):
     """After a run: the panel in the chosen view and columns, the step slider (none for a single step), its note,
     and the real shapes (shapes models)."""
     steps = generation.request.num_inference_steps
-    shapes = catalogue.is_shapes_model(generation.request.model)
-    references = as_files(lab.reference_shapes(generation.request.labels)) if shapes else []
+    references = as_files(lab.reference_gallery(generation.request))
     # The run's answer holds the panel's estimates already; another view is made here.
     panel = {} if panel_view == ESTIMATES else dict(value=as_files(generation.branch_panel(view=panel_view)))
     return (gr.update(**panel, columns=generation.columns),
             gr.update(maximum=max(steps, 2), value=steps, interactive=steps > 1, visible=steps > 1),
-            generation.panel_note(steps, panel_view), gr.update(value=references, visible=shapes))
+            generation.panel_note(steps, panel_view), gr.update(value=references, visible=bool(references)))
 
 
 def show_step(generation, panel_step, panel_view):
@@ -202,9 +164,8 @@ def show_step(generation, panel_step, panel_view):
     typed out of range is refused in the panel's note."""
     if generation is None:  # nothing generated yet: the panel stays empty
         return gr.skip(), gr.skip()
-    steps = generation.request.num_inference_steps
-    if not isinstance(panel_step, (int, float)) or not 1 <= panel_step <= steps:
-        return gr.skip(), f"**Step {panel_step} is out of range: use 1..{steps}.**"
+    if refusal := generation.step_refusal(panel_step):
+        return gr.skip(), refusal
     step = round(panel_step)
     return as_files(generation.branch_panel(step, panel_view)), generation.panel_note(step, panel_view)
 
@@ -219,8 +180,8 @@ def generate_tab():
                      model_note=gr.Markdown(serving.model_note(model), elem_classes="note"),
                      classes_model=gr.State(model),  # the model whose classes the class picker holds
                      generation=gr.State(time_to_live=3600))
-            c["classes"] = gr.Dropdown(**class_picker(model, catalogue.default_classes(model)), multiselect=True,
-                                       allow_custom_value=True, elem_id="classes")
+            c["classes"] = gr.Dropdown(**catalogue.class_picker(model, catalogue.default_classes(model)),
+                                       multiselect=True, allow_custom_value=True, elem_id="classes")
             with gr.Row():
                 c["images_per_class"] = gr.Slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
                                                   elem_id="images-per-class", min_width=200)
@@ -245,8 +206,7 @@ def generate_tab():
     generated = on(button.click, generate, c,
                    [c["gallery"], c["panel"], c["panel_step"], c["status"], c["generation"]], api_name="generate",
                    preprocess=False, **SAMPLING_EVENTS)
-    on(generated.success, fit_panel, c, [c["panel"], c["panel_step"], c["panel_note"], c["references"]],
-       **PANEL_EVENTS)
+    on(generated.success, fit_panel, c, [c["panel"], c["panel_step"], c["panel_note"], c["references"]], **PANEL_EVENTS)
     on(generated.failure, last_refusal, c, c["status"], **PRIVATE)
     for trigger in (c["panel_step"].input, c["panel_view"].change):
         on(trigger, show_step, c, [c["panel"], c["panel_note"]], trigger_mode="always_last", preprocess=False,
@@ -256,15 +216,12 @@ def generate_tab():
     on(random_classes.click, pick_random_classes, c, c["classes"], **PRIVATE)
 
 
-# ---- Compare: the tiny DiMR and the baseline from the same noise, judged ----
 @on_gpu
 def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidance_power, num_inference_steps, seed,
             sampler, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):
     """Sample the tiny DiMR and the single-resolution baseline with the same classes, noise and settings; every
     final sample is captioned with the judge's verdict: 'ring ✓ recognised, p 0.97' or 'ring ✗ misdrawn, p 0.12'."""
-    chosen = controls(locals())
-    requests = [checked(visitor, Request.check, model=name, max_images=limits.MAX_COMPARE_IMAGES, **chosen)
-                for name in (catalogue.TINY_DIMR, catalogue.TINY_BASELINE)]
+    requests = checked(visitor, lab.compare_requests, **controls(locals()))
     galleries, lines = [[], []], []
     for k, request in enumerate(requests):
         for kind, value in sample(request, progress, visitor):
@@ -272,11 +229,6 @@ def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidan
             if kind == "done":
                 lines.append(f"{serving.describe(value)}; {lab.verdict_count(value)}")
             yield *galleries, "  \n".join(lines) or f"Sampling with {request.model}…"
-
-
-def compare_references(classes):
-    """The real shapes of the classes chosen for Compare (ids: the picker takes no typed names)."""
-    return as_files(lab.reference_shapes(classes or []))
 
 
 def compare_tab():
@@ -293,8 +245,8 @@ def compare_tab():
                                elem_id="compare-button")
         with gr.Column(elem_classes="tab-results"):
             status = gr.Markdown("", label="status", elem_id="compare-status")
-            references = gr.Gallery(compare_references(c["classes"].value), columns=5, elem_id="compare-references",
-                                    label="Real shapes: what each class should look like", **GALLERY)
+            references = gr.Gallery(as_files(lab.reference_shapes(c["classes"].value)), columns=5, **GALLERY,
+                                    label="Real shapes: what each class should look like", elem_id="compare-references")
             with gr.Row():
                 dimr = gr.Gallery(label="tiny DiMR", columns=3, elem_id="compare-dimr", min_width=300, **GALLERY)
                 baseline = gr.Gallery(label="baseline: transformer only", columns=3, elem_id="compare-baseline",
@@ -308,10 +260,9 @@ def compare_tab():
     compared.success(lambda per_class: [gr.update(columns=per_class)] * 2,  # one row per class in both galleries
                      c["images_per_class"], [dimr, baseline], **PANEL_EVENTS)
     on(compared.failure, last_refusal, c, status, **PRIVATE)
-    on(c["classes"].change, compare_references, c, references, **PRIVATE)
+    on(c["classes"].change, lambda classes: as_files(lab.reference_shapes(classes or [])), c, references, **PRIVATE)
 
 
-# ---- ImageNet: DiT-XL/2 and DiMR-XL/2R from the same noise (dimr.imagenet_compare) ----
 @on_gpu
 def compare_imagenet(classes, images_per_class, num_inference_steps, seed, dimr_guidance_scale, dit_guidance_scale,
                      patch_grid, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):

@@ -118,6 +118,20 @@ def same_classes(name, other):
     return model_labels(name).names == model_labels(other).names
 
 
+def class_picker(name, classes):
+    """The class picker's choices, value and label for a model, starting at `classes`."""
+    labels = model_labels(name)
+    label = f"Classes ({len(labels)}; type to search names and synonyms)"
+    return dict(choices=labels.choices(), value=classes, label=label)
+
+
+def classes_after_change(name, classes, previous):
+    """The classes to show when the picker moves from model `previous` to `name`: the chosen ones when both have the
+    same classes, else the new model's defaults."""
+    keep = previous is not None and same_classes(name, previous) and classes
+    return classes if keep else default_classes(name)
+
+
 def random_classes(name, count, rng):
     """`count` distinct class ids of a model (at least 1, at most all), drawn with `rng` (a random.Random)."""
     labels = model_labels(name)

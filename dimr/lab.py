@@ -8,11 +8,13 @@ and the distortion measured for a bundled model (dimr.distortion, stored beside 
 
 import torch
 
-from .catalogue import TINY_BASELINE, TINY_DIMR
+from .catalogue import TINY_BASELINE, TINY_DIMR, is_shapes_model
 from .data.shapes import CLASS_NAMES, make_dataset
 from .distortion import judge, stored_result
+from .limits import MAX_COMPARE_IMAGES
 from .loading import BUNDLED, model_files
 from .panel import enlarge
+from .request import Request
 
 REFERENCE_SEED = 4  # real reference shapes: not the diffusion models' training data (seed 0)
 
@@ -24,6 +26,17 @@ def reference_shapes(class_ids, seed=REFERENCE_SEED):
     images, labels = make_dataset(len(CLASS_NAMES), seed)  # one shape of each class (make_dataset balances them)
     index = {int(k): i for i, k in enumerate(labels)}
     return [(enlarge(images[index[c]].permute(1, 2, 0).numpy()), f"real {CLASS_NAMES[c]}") for c in class_ids]
+
+
+def compare_requests(**controls):
+    """The Compare tab's two checked requests: the tiny DiMR and the baseline with the same classes, noise and
+    settings (up to MAX_COMPARE_IMAGES each)."""
+    return [Request.check(model=name, max_images=MAX_COMPARE_IMAGES, **controls) for name in (TINY_DIMR, TINY_BASELINE)]
+
+
+def reference_gallery(request):
+    """The real shapes of a request's classes, one per image, or [] for a model without real shapes (ImageNet)."""
+    return reference_shapes(request.labels) if is_shapes_model(request.model) else []
 
 
 def sample_verdicts(generation):

@@ -53,6 +53,13 @@ class Generation:
     def gallery(self):
         return [(enlarge(image), caption) for image, caption in zip(self.images, self.captions)]
 
+    def step_refusal(self, step):
+        """The panel note's refusal of a step typed out of range, or None for a step of this run."""
+        steps = self.request.num_inference_steps
+        if isinstance(step, (int, float)) and 1 <= step <= steps:
+            return None
+        return f"**Step {step} is out of range: use 1..{steps}.**"
+
     def panel_step(self, step):
         """The panel step nearest to a requested 1-based step."""
         return min(self.panel_steps, key=lambda s: (abs(s - step), s))

@@ -253,7 +253,7 @@ def test_a_refusal_recorded_while_another_handler_reads_refusals_is_kept_for_its
             readers[-1].join(0.5)  # without a lock the reader takes the record now, half made
             super().move_to_end(key, last)
 
-    monkeypatch.setattr(app_module, "_refusals", Interleaved())
+    monkeypatch.setattr(app_module.REFUSALS, "_messages", Interleaved())
 
     def refuse():
         raise ValueError("unknown class name 'unicorn'")
