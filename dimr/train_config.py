@@ -137,9 +137,9 @@ def build_model(config):
 
 def sincos_table(height, width, dim):
     """2D sine-cosine positions [height * width, dim], as MAE and DiT fix theirs: half the channels encode the
-    row and half the column, each as sines and cosines of geometrically spaced frequencies. A transformer that
-    starts knowing where each token is learns spatial layout from far fewer images than one whose positions
-    start as noise of std 0.02."""
+    row and half the column, each as sines and cosines of geometrically spaced frequencies. A transformer then starts
+    knowing where each token is instead of learning it from positions that start as noise of std 0.02 (in the lab's
+    ablation, docs/lab.md, it never did worse)."""
     quarter = dim // 4
     frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),

@@ -19,27 +19,23 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dimr import load_pipeline  # noqa: E402
-from dimr.defaults import SHAPES_GUIDANCE, SHAPES_STEPS  # noqa: E402
+from dimr import serving  # noqa: E402
+from dimr.defaults import SHAPES_STEPS  # noqa: E402
 from dimr.grids import save_png, tile  # noqa: E402
-from dimr.panel import to_uint8  # noqa: E402
+from dimr.request import Request  # noqa: E402
 
 TEXTURES = ["stripes", "checkerboard", "dots", "ring"]
 
 
-def panel_rows(pipe, classes, per_class, steps, at_steps, seed):
-    """uint8 [rows * columns, 3, 32, 32]: per sample, for each step in `at_steps` every branch's estimate, then the
-    final image."""
-    labels = [name for name in classes for _ in range(per_class)]
-    out = pipe(labels, num_inference_steps=steps, guidance_scale=SHAPES_GUIDANCE, output_type="np",
-               generator=torch.Generator().manual_seed(seed), return_branches=True)
-    trace = out.branches
+def panel_cells(generation, at_steps):
+    """uint8 [images * columns, 3, H, W] of a Generation (dimr.panel): per image, for each step in `at_steps` every
+    branch's estimate as the branch panel keeps it, then the final image."""
     cells = []
-    for b in range(len(labels)):
+    for b in range(len(generation.images)):
         for step in at_steps:
-            cells += [to_uint8(branch[b]) for branch in trace.images[trace.image_steps.index(step - 1)]]
-        cells.append(to_uint8(out.images[b]))
-    return torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2), len(at_steps) * len(trace.images[0]) + 1
+            cells += list(generation.branch_images[generation.panel_steps.index(step), :, b])
+        cells.append(generation.images[b])
+    return torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2), len(at_steps) * len(generation.branch_names) + 1
 
 
 def main(argv=None):
@@ -48,13 +44,14 @@ def main(argv=None):
     parser.add_argument("--classes", nargs="+", default=TEXTURES)
     parser.add_argument("--per-class", type=int, default=2)
     parser.add_argument("--at-steps", type=int, nargs="+", default=[8, SHAPES_STEPS],
-                        help="1-based steps whose branch estimates are shown (default: 8 and the last)")
+                        help="1-based steps whose branch estimates are shown (default: 8 and the demo's last)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="default assets/branch_panels_<model>.png")
     args = parser.parse_args(argv)
-    pipe = load_pipeline(args.model, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    cells, columns = panel_rows(pipe, args.classes, args.per_class, SHAPES_STEPS, args.at_steps, args.seed)
+    # The demo's own request and sampling path at its defaults: the figure is what the branch panel shows.
+    request = Request.check(model=args.model, classes=args.classes, images_per_class=args.per_class, seed=args.seed)
+    *_, generation = serving.stream(request)
+    cells, columns = panel_cells(generation, args.at_steps)
     out = Path(args.out or ROOT / "assets" / f"branch_panels_{args.model.replace('-', '_')}.png")
     save_png(tile(cells, columns, pad=4, scale=4), out)
     print(f"wrote {out}: rows {', '.join(f'{c} x{args.per_class}' for c in args.classes)}; columns: per step in "
