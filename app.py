@@ -14,14 +14,14 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from dimr import catalogue, imagenet_compare, lab, limits, serving
-from dimr.dit import DIT_GUIDANCE, DIT_NAME
-from dimr.panel import CHANGES, ESTIMATES
-from dimr.pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
-from dimr.png_files import png_file
-from dimr.refusals import Refusals
-from dimr.request import Request
-from dimr.zero_gpu import on_gpu
+from dimr.demo import catalogue, imagenet_compare, limits, serving, shapes_lab
+from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME
+from dimr.demo.panel import CHANGES, ESTIMATES
+from dimr.demo.png_files import png_file
+from dimr.demo.refusals import Refusals
+from dimr.demo.request import Request
+from dimr.demo.zero_gpu import on_gpu
+from dimr.sampling.pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
 
 log = logging.getLogger("dimr.app")
 ROOT = Path(__file__).resolve().parent
@@ -33,7 +33,7 @@ PRIVATE = dict(api_visibility="private")  # browser-only events: not part of the
 PANEL_EVENTS = dict(concurrency_id="panel", concurrency_limit=8, **PRIVATE)
 # Sampling requests and ImageNet comparisons wait in groups of their own: Gradio gives every event of a group the
 # group's lowest limit, and a comparison (minutes on a CPU) runs one at a time. Up to 32 sampling requests go to
-# dimr.serving at once: it samples those that wait together in shared runs.
+# dimr.demo.serving at once: it samples those that wait together in shared runs.
 SAMPLING_EVENTS = dict(concurrency_id="sampling", concurrency_limit=32)
 IMAGENET_EVENTS = dict(concurrency_id="imagenet", concurrency_limit=1)
 
@@ -70,7 +70,7 @@ def on(trigger, fn, components, outputs, **options):
 
 
 def as_files(captioned_images):
-    """Captioned PIL images as captioned PNG files in Gradio's cache (dimr.png_files: once per content)."""
+    """Captioned PIL images as captioned PNG files in Gradio's cache (dimr.demo.png_files: once per content)."""
     folder = Path(get_upload_folder()) / "dimr"
     return [(png_file(image, folder), caption) for image, caption in captioned_images]
 
@@ -151,7 +151,7 @@ def fit_panel(generation, panel_view):
     """After a run: the panel in the chosen view and columns, the step slider (none for a single step), its note,
     and the real shapes (shapes models)."""
     steps = generation.request.num_inference_steps
-    references = as_files(lab.reference_gallery(generation.request))
+    references = as_files(shapes_lab.reference_gallery(generation.request))
     # The run's answer holds the panel's estimates already; another view is made here.
     panel = {} if panel_view == ESTIMATES else dict(value=as_files(generation.branch_panel(view=panel_view)))
     return (gr.update(**panel, columns=generation.columns),
@@ -221,13 +221,13 @@ def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidan
             sampler, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):
     """Sample the tiny DiMR and the single-resolution baseline with the same classes, noise and settings; every
     final sample is captioned with the judge's verdict: 'ring ✓ recognised, p 0.97' or 'ring ✗ misdrawn, p 0.12'."""
-    requests = checked(visitor, lab.compare_requests, **controls(locals()))
+    requests = checked(visitor, shapes_lab.compare_requests, **controls(locals()))
     galleries, lines = [[], []], []
     for k, request in enumerate(requests):
         for kind, value in sample(request, progress, visitor):
-            galleries[k] = value if kind == "preview" else as_files(lab.judged_gallery(value))
+            galleries[k] = value if kind == "preview" else as_files(shapes_lab.judged_gallery(value))
             if kind == "done":
-                lines.append(f"{serving.describe(value)}; {lab.verdict_count(value)}")
+                lines.append(f"{serving.describe(value)}; {shapes_lab.verdict_count(value)}")
             yield *galleries, "  \n".join(lines) or f"Sampling with {request.model}…"
 
 
@@ -245,13 +245,13 @@ def compare_tab():
                                elem_id="compare-button")
         with gr.Column(elem_classes="tab-results"):
             status = gr.Markdown("", label="status", elem_id="compare-status")
-            references = gr.Gallery(as_files(lab.reference_shapes(c["classes"].value)), columns=5, **GALLERY,
+            references = gr.Gallery(as_files(shapes_lab.reference_shapes(c["classes"].value)), columns=5, **GALLERY,
                                     label="Real shapes: what each class should look like", elem_id="compare-references")
             with gr.Row():
                 dimr = gr.Gallery(label="tiny DiMR", columns=3, elem_id="compare-dimr", min_width=300, **GALLERY)
                 baseline = gr.Gallery(label="baseline: transformer only", columns=3, elem_id="compare-baseline",
                                       min_width=300, **GALLERY)
-            gr.Markdown(lab.rates_table(), elem_id="compare-rates")
+            gr.Markdown(shapes_lab.rates_table(), elem_id="compare-rates")
         with gr.Column(elem_classes="tab-sampling"):
             c.update(sampling_settings(catalogue.TINY_DIMR, prefix="compare-"))
 
@@ -260,7 +260,7 @@ def compare_tab():
     compared.success(lambda per_class: [gr.update(columns=per_class)] * 2,  # one row per class in both galleries
                      c["images_per_class"], [dimr, baseline], **PANEL_EVENTS)
     on(compared.failure, last_refusal, c, status, **PRIVATE)
-    on(c["classes"].change, lambda classes: as_files(lab.reference_shapes(classes or [])), c, references, **PRIVATE)
+    on(c["classes"].change, lambda classes: as_files(shapes_lab.reference_shapes(classes or [])), c, references, **PRIVATE)
 
 
 @on_gpu
@@ -332,8 +332,8 @@ def imagenet_tab():
 def build():
     """The whole page: the header, then the tabs, each with its own settings."""
     with gr.Blocks(title="DiMR demo", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
-        gr.Markdown(text("intro", tiny_dimr_rate=lab.rate_text(catalogue.TINY_DIMR),  # the header, above every tab
-                         tiny_baseline_rate=lab.rate_text(catalogue.TINY_BASELINE)), elem_id="intro")
+        gr.Markdown(text("intro", tiny_dimr_rate=shapes_lab.rate_text(catalogue.TINY_DIMR),  # the header, above every tab
+                         tiny_baseline_rate=shapes_lab.rate_text(catalogue.TINY_BASELINE)), elem_id="intro")
         with gr.Tabs():
             generate_tab()
             compare_tab()

@@ -6,7 +6,7 @@
 Both models get random weights of the released architectures (speed does not depend on them) in bf16 files
 laid out as the app finds them (DIMR_MODEL = a DiMR directory with vae/, facebook/DiT-XL-2-256 in a Hugging
 Face cache of its own, both in a temporary directory), so a request runs exactly as the app's
-/compare_imagenet does: `dimr.imagenet_compare.stream_comparison` on the demo's device and acceleration mode, DiMR
+/compare_imagenet does: `dimr.demo.imagenet_compare.stream_comparison` on the demo's device and acceleration mode, DiMR
 with its branch panel and previews, then DiT, both decoded. Per batch: the first request (loading, compilation,
 CUDA graph capture) and --repeats more, each request's seconds and the GPU memory it allocated at its peak
 beyond what was held before it. Results go to --out (default benchmarks/results/compare-imagenet-<device>.json).
@@ -24,9 +24,9 @@ from pathlib import Path
 import huggingface_hub.constants
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package from a checkout, installed or not
 
-from dimr.config import REPO_ROOT  # noqa: E402
 from sampling import SD_VAE_CONFIG, TINY_CONFIG, TINY_VAE_CONFIG, Log, device_info, randomize, slug  # noqa: E402
 
 DIT_XL_2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
@@ -54,9 +54,9 @@ def write_models(root, tiny):
     """Random DiMR (+ VAE) in root/dimr and a random DiT repo in root/hub's cache layout; returns the DiMR path."""
     from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
-    from dimr.config import normalize_official_config, variant_config
-    from dimr.dit import DIT_REPO
-    from dimr.model import DiMRModel
+    from dimr.demo.dit import DIT_REPO
+    from dimr.network.config import normalize_official_config, variant_config
+    from dimr.network.model import DiMRModel
 
     torch.manual_seed(0)
     dimr_config = normalize_official_config(TINY_CONFIG) if tiny else variant_config("DiMR-XL/2R")
@@ -84,7 +84,7 @@ def write_models(root, tiny):
 
 def run_request(request, device):
     """One request as the app runs it; (seconds, GiB allocated at the peak beyond what was held before)."""
-    from dimr import imagenet_compare
+    from dimr.demo import imagenet_compare
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -105,7 +105,7 @@ def main(argv=None):
     log = Log()
     device = torch.device(args.device)
     info = device_info(device)
-    out = Path(args.out) if args.out else (REPO_ROOT / "benchmarks" / "results"
+    out = Path(args.out) if args.out else (ROOT / "benchmarks" / "results"
                                            / f"compare-imagenet-{slug(info['name'])}.json")
     with tempfile.TemporaryDirectory(prefix="compare-imagenet-") as tmp:
         root = Path(tmp)
@@ -114,8 +114,8 @@ def main(argv=None):
                           DIMR_MODEL=str(write_models(root, args.tiny)))
         huggingface_hub.constants.HF_HUB_CACHE = str(root / "hub")
         log(f"random {'tiny' if args.tiny else 'XL'} models written to {root}")
-        from dimr import imagenet_compare, serving
-        from dimr.dit import DIT_GUIDANCE
+        from dimr.demo import imagenet_compare, serving
+        from dimr.demo.dit import DIT_GUIDANCE
 
         report = {"device": info,
                   "settings": {"models": "tiny" if args.tiny else "DiMR-XL/2R + DiT-XL/2, random weights",

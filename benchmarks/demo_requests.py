@@ -1,4 +1,4 @@
-"""A sequence of varied demo requests through the demo's own request path (`dimr.serving.stream`, branch panel on), as a
+"""A sequence of varied demo requests through the demo's own request path (`dimr.demo.serving.stream`, branch panel on), as a
 freshly started app serves them: wall time and peak memory of each, and whether it was the first of its size.
 
     python benchmarks/demo_requests.py                                   # CPU: a tiny random latent model + VAE
@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
 
 from dimr import DiMRModel, variant_config  # noqa: E402
-from dimr.config import VARIANTS  # noqa: E402
-from dimr.loading import SD_VAE_CONFIG  # noqa: E402
+from dimr.network.config import VARIANTS  # noqa: E402
+from dimr.sampling.loading import SD_VAE_CONFIG  # noqa: E402
 
 TINY_LATENT = "tiny-latent"
 # A small latent DiMR (4x8x8 latents, ImageNet's 1000 classes) and a VAE decoding them to 16x16 images.
@@ -80,8 +80,8 @@ class PeakMemory:
 
 
 def run_sequence(model_dir, label, sequence, steps, device, warm_up):
-    from dimr import batching, catalogue, serving
-    from dimr.request import Request
+    from dimr.demo import batching, catalogue, serving
+    from dimr.demo.request import Request
 
     os.environ.update(DIMR_MODEL=str(model_dir), DIMR_DEVICE=str(device))
     if warm_up:

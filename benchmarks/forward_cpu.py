@@ -26,9 +26,10 @@ from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
 
-from dimr import DiMRModel, variant_config  # noqa: E402
-from dimr.config import normalize_official_config  # noqa: E402
 from sampling import TINY_CONFIG, gflop_per_image  # noqa: E402
+
+from dimr import DiMRModel, variant_config  # noqa: E402
+from dimr.network.config import normalize_official_config  # noqa: E402
 
 
 class OfficialBlock(torch.nn.Module):

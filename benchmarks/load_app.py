@@ -33,9 +33,9 @@ from urllib.parse import urlparse
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package from a checkout, installed or not
 
-from dimr.config import REPO_ROOT  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_CONCURRENCY = 64  # the app's queue holds 64 requests
@@ -59,8 +59,8 @@ def percentile(values, q):
 
 def default_request(model="tiny-dimr"):
     """The /generate arguments of a visitor who presses Generate without changing anything."""
-    from dimr import catalogue
-    from dimr.pipeline import DEFAULT_SAMPLER
+    from dimr.demo import catalogue
+    from dimr.sampling.pipeline import DEFAULT_SAMPLER
 
     labels = catalogue.model_labels(model)
     return dict(model=model, classes=[labels.name(c) for c in catalogue.default_classes(model)], images_per_class=1,
@@ -84,8 +84,8 @@ def sampling_floor(request, count):
     (its settings, the branch trace of the panel's steps, the server's CPU threads); after one untimed run."""
     import torch
 
-    from dimr import panel, serving
-    from dimr.request import Request
+    from dimr.demo import panel, serving
+    from dimr.demo.request import Request
 
     torch.set_num_threads(serving.cpu_threads(request["model"]))
     checked = [Request.check(**r) for r in seeded(request, range(count))]
@@ -135,7 +135,7 @@ def spread(latencies):
 def load_test(url, pid, request, floor, args):
     from gradio_client import Client
 
-    from dimr import catalogue
+    from dimr.demo import catalogue
 
     client = Client(url, verbose=False, download_files=False)
     columns = len(catalogue.model_branches(request["model"])) + 1
@@ -210,7 +210,7 @@ def main():
         load_test(args.url, args.pid, request, floor, args)
         return 0
     # The tests' server helper, loaded from its file (tests/ is no package).
-    spec = importlib.util.spec_from_file_location("app_server", REPO_ROOT / "tests" / "app_server.py")
+    spec = importlib.util.spec_from_file_location("app_server", ROOT / "tests" / "app_server.py")
     app_server = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app_server)
     start = time.perf_counter()

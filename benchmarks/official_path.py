@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import torch
 
-from dimr.config import NUM_TRAIN_TIMESTEPS
+from dimr.network.config import NUM_TRAIN_TIMESTEPS
 
 
 class OfficialCode:

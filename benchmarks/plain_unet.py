@@ -23,16 +23,16 @@ from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package from a checkout, installed or not
 
-from dimr.classifier import load_classifier  # noqa: E402
-from dimr.config import REPO_ROOT  # noqa: E402
-from dimr.data.shapes import CLASS_NAMES, make_dataset, to_model_range, to_uint8  # noqa: E402
-from dimr.defaults import SHAPES_GUIDANCE, SHAPES_STEPS  # noqa: E402
-from dimr.distortion import distortion_rate, even_labels, flag_frames, real_reference  # noqa: E402
-from dimr.grids import save_png, tile  # noqa: E402
-from dimr.objective import alphas_cumprod, diffusion_loss, sample_timesteps  # noqa: E402
-from dimr.pipeline import DiMRPipeline, make_scheduler  # noqa: E402
+from dimr.lab.classifier import load_classifier  # noqa: E402
+from dimr.lab.distortion import distortion_rate, even_labels, flag_frames, real_reference  # noqa: E402
+from dimr.lab.objective import alphas_cumprod, diffusion_loss, sample_timesteps  # noqa: E402
+from dimr.lab.shapes import CLASS_NAMES, make_dataset, to_model_range  # noqa: E402
+from dimr.sampling.defaults import SHAPES_GUIDANCE, SHAPES_STEPS  # noqa: E402
+from dimr.sampling.grids import save_png, tile, to_uint8  # noqa: E402
+from dimr.sampling.pipeline import DiMRPipeline, make_scheduler  # noqa: E402
 
 NULL_CLASS = len(CLASS_NAMES)
 SCHEDULE = dict(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", thresholding=True)
@@ -66,7 +66,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "plain-unet"))
+    parser.add_argument("--out", default=str(ROOT / "runs" / "plain-unet"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -76,13 +76,13 @@ def main():
     model = PlainUNet().train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    images, labels = make_dataset(200000, 0)  # the configs' data (dimr.train_config.DATA_DEFAULTS)
+    images, labels = make_dataset(200000, 0)  # the configs' data (dimr.lab.train_config.DATA_DEFAULTS)
     abar = alphas_cumprod(SCHEDULE["beta_schedule"])
     g = torch.Generator().manual_seed(0)
     started = time.monotonic()
     for step in range(args.steps):
         b = args.batch_size
-        # The draws of dimr.train.Trainer.draw_batch, in its order.
+        # The draws of dimr.lab.train.Trainer.draw_batch, in its order.
         index = torch.randint(0, images.shape[0], (b,), generator=g)
         x0, y = to_model_range(images[index]), labels[index]
         y = torch.where(torch.rand(b, generator=g) < 0.1, torch.full_like(y, NULL_CLASS), y)

@@ -6,7 +6,7 @@
 One run, one device. Both paths sample DiMR-XL/2R with the same random weights (speed does not depend on
 them) at 256x256 (latent 4x32x32), 50 steps, guidance 1.4 (the official `cond + 0.4 (cond - uncond)`), and
 decode with a randomly initialised SD VAE (sd-vae-ft-ema's architecture): the hub is not needed.
-- ours: DiMRPipeline with its default sampler, accelerated by `dimr.acceleration` ("fast" on CUDA: bf16,
+- ours: DiMRPipeline with its default sampler, accelerated by `dimr.network.acceleration` ("fast" on CUDA: bf16,
   compiled blocks, CUDA graphs; "none" on CPU), cond and uncond in one batch.
 - official: its network and DPM-Solver "fast" imported from `--official-repo` (see official_path.py), fp16
   autocast, two forwards per step, then the same VAE decode under fp16 autocast as its eval.py.
@@ -32,14 +32,15 @@ import torch
 from diffusers import AutoencoderKL
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package from a checkout, installed or not
 
 from dimr import DiMRModel, variant_config  # noqa: E402
-from dimr.acceleration import accelerate_pipeline, default_mode, mode_dtype  # noqa: E402
-from dimr.config import REPO_ROOT, normalize_official_config  # noqa: E402
-from dimr.loading import SD_VAE_CONFIG  # noqa: E402
-from dimr.model import TimeDependentParameter  # noqa: E402
-from dimr.pipeline import DEFAULT_SAMPLER, DiMRPipeline, make_scheduler  # noqa: E402
+from dimr.network.acceleration import accelerate_pipeline, default_mode, mode_dtype  # noqa: E402
+from dimr.network.config import normalize_official_config  # noqa: E402
+from dimr.network.model import TimeDependentParameter  # noqa: E402
+from dimr.sampling.loading import SD_VAE_CONFIG  # noqa: E402
+from dimr.sampling.pipeline import DEFAULT_SAMPLER, DiMRPipeline, make_scheduler  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, first match wins.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.1)]
@@ -70,7 +71,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, help="sampling steps = model evaluations (default 50; tiny: 2)")
     parser.add_argument("--guidance-scale", type=float, default=1.4)
     parser.add_argument("--sampler", default=DEFAULT_SAMPLER, help="our pipeline's sampler")
-    parser.add_argument("--mode", help="our acceleration mode (default: dimr.acceleration.default_mode)")
+    parser.add_argument("--mode", help="our acceleration mode (default: dimr.network.acceleration.default_mode)")
     parser.add_argument("--no-compile", action="store_true", help="fast mode without torch.compile")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="fast mode without CUDA graphs")
     parser.add_argument("--no-ablation", action="store_true", help="skip timing our bf16 mode without compile/graphs")
@@ -92,8 +93,8 @@ def parse_args(argv=None):
     args.repeats = args.repeats or (1 if tiny else 3)
     args.official_repeats = args.official_repeats or args.repeats
     args.error_batch = args.error_batch or min(4, max(args.batches))
-    if args.official_repo is None and not args.no_official and (REPO_ROOT / ".official").is_dir():
-        args.official_repo = str(REPO_ROOT / ".official")
+    if args.official_repo is None and not args.no_official and (ROOT / ".official").is_dir():
+        args.official_repo = str(ROOT / ".official")
     return args
 
 
@@ -235,7 +236,7 @@ def main(argv=None):
     device = torch.device(args.device)
     info = device_info(device)
     mode = args.mode or default_mode(device)
-    out = Path(args.out) if args.out else REPO_ROOT / "benchmarks" / "results" / f"{slug(info['name'])}.json"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{slug(info['name'])}.json"
     config = normalize_official_config(TINY_CONFIG) if args.tiny else variant_config(args.variant)
     gflop = gflop_per_image(config)
     report = {
@@ -325,7 +326,7 @@ def main(argv=None):
 
 def to_mode_dtype(model, vae, mode):
     """Cast this benchmark's own network and VAE to the mode's dtype, as load_pipeline would load them
-    (and a bf16 VAE channels-last, as dimr.loading keeps it on CUDA)."""
+    (and a bf16 VAE channels-last, as dimr.sampling.loading keeps it on CUDA)."""
     dtype = mode_dtype(mode)
     model.to(dtype)
     vae.to(dtype=dtype, memory_format=torch.channels_last if dtype == torch.bfloat16 else torch.preserve_format)

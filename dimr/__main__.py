@@ -1,4 +1,4 @@
-"""Command line: `python -m dimr COMMAND ...` (`dimr COMMAND ...` once `pip install -e .`); COMMANDS lists them."""
+"""Command line: `python -m dimr COMMAND ...` (`dimr COMMAND ...` once `pip install .`); COMMANDS lists them."""
 
 import argparse
 import importlib
@@ -6,13 +6,13 @@ import sys
 
 # command -> (module, one-line help); each module defines add_cli_arguments(parser) and cli_main(args).
 COMMANDS = {
-    "convert": ("dimr.weights_cli", "convert an official .pth checkpoint to safetensors"),
-    "sample": ("dimr.sample_cli", "generate images (and per-branch predictions) to PNG files"),
-    "train": ("dimr.train", "train a small pixel-space DiMR on the shapes dataset"),
-    "distortion": ("dimr.distortion", "measure the distortion rate of a model's samples"),
-    "reproduce": ("dimr.reproduce", "train both lab models from scratch side by side, measure them (and install)"),
-    "evaluate": ("dimr.evaluate", "sample N images across processes/GPUs (torchrun) into one file and score it"),
-    "fid": ("dimr.fid", "Inception FID of a sample file against a reference"),
+    "convert": ("dimr.network.convert_cli", "convert an official .pth checkpoint to safetensors"),
+    "sample": ("dimr.sampling.sample_cli", "generate images (and per-branch predictions) to PNG files"),
+    "train": ("dimr.lab.train", "train a small pixel-space DiMR on the shapes dataset"),
+    "distortion": ("dimr.lab.distortion", "measure the distortion rate of a model's samples"),
+    "reproduce": ("dimr.lab.reproduce", "train both lab models from scratch side by side, measure them (and install)"),
+    "evaluate": ("dimr.evaluation.evaluate", "sample N images across processes/GPUs (torchrun) into one file and score it"),
+    "fid": ("dimr.evaluation.fid", "Inception FID of a sample file against a reference"),
 }
 
 

@@ -1,7 +1,7 @@
 """Recipe ablations of the shapes models at equal compute: each arm trains from scratch on the same data order for
 the same number of steps and batch, then is judged by the distortion measure on the same noise and classes.
 
-    python scripts/ablate.py configs/ablations/stage1.json [--parallel 2] [--only ARM ...]
+    python scripts/ablate.py dimr/lab/configs/ablations/stage1.json [--parallel 2] [--only ARM ...]
 
 An arms file: {"stage": "stage1", "steps": 1500, "batch_size": 64, "samples": 200,
                "arms": [{"name": "current", "config": "tiny-dimr"},
@@ -27,12 +27,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package from a checkout, installed or not
 
-from dimr.config import REPO_ROOT  # noqa: E402
-from dimr.train_config import load_config, prepare_config  # noqa: E402
+from dimr.lab.train_config import load_config, prepare_config  # noqa: E402
 
-RUNS = REPO_ROOT / "runs" / "ablations"
+RUNS = ROOT / "runs" / "ablations"
 
 
 def arm_config(arm, batch_size):
@@ -68,7 +68,7 @@ def run_arm(arm, plan, log):
         for command in (train, measure):
             with open(out / "log.txt", "a") as output:
                 started = time.monotonic()
-                code = subprocess.call(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+                code = subprocess.call(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
             log(f"{arm['name']}: {command[3]} exited {code} after {(time.monotonic() - started) / 60:.1f} min")
             if code:
                 raise RuntimeError(f"arm {arm['name']}: `{' '.join(command[1:4])}` failed; see {out / 'log.txt'}")
@@ -90,10 +90,10 @@ def denoising_error(model_dir, num_images=500):
     high levels are where a sample's layout is decided; a model that fails there draws blobs from noise."""
     import torch
 
-    from dimr.distortion import REAL_SEED, real_images
-    from dimr.data.shapes import to_model_range
-    from dimr.loading import load_pipeline
-    from dimr.pipeline import branch_x0
+    from dimr.lab.distortion import REAL_SEED, real_images
+    from dimr.lab.shapes import to_model_range
+    from dimr.sampling.loading import load_pipeline
+    from dimr.sampling.pipeline import branch_x0
 
     pipe = load_pipeline(model_dir, device="cpu")
     images, labels = real_images(num_images, REAL_SEED)

@@ -20,15 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dimr import serving  # noqa: E402
-from dimr.defaults import SHAPES_STEPS  # noqa: E402
-from dimr.grids import save_png, tile  # noqa: E402
-from dimr.request import Request  # noqa: E402
+from dimr.demo.request import Request  # noqa: E402
+from dimr.sampling.defaults import SHAPES_STEPS  # noqa: E402
+from dimr.sampling.grids import save_png, tile  # noqa: E402
 
 TEXTURES = ["stripes", "checkerboard", "dots", "ring"]
 
 
 def panel_cells(generation, at_steps):
-    """uint8 [images * columns, 3, H, W] of a Generation (dimr.panel): per image, for each step in `at_steps` every
+    """uint8 [images * columns, 3, H, W] of a Generation (dimr.demo.panel): per image, for each step in `at_steps` every
     branch's estimate as the branch panel keeps it, then the final image."""
     cells = []
     for b in range(len(generation.images)):

@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout, installed or not
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package from a checkout, installed or not
 
-from dimr.config import REPO_ROOT  # noqa: E402
-from dimr.pipeline import SAMPLERS, DiMRPipeline, make_scheduler  # noqa: E402
-from dimr.weights import from_official  # noqa: E402
+from dimr.network.weights import from_official  # noqa: E402
+from dimr.sampling.pipeline import SAMPLERS, DiMRPipeline, make_scheduler  # noqa: E402
 
-GOLDEN = REPO_ROOT / "tests" / "fixtures" / "golden"
+GOLDEN = ROOT / "tests" / "fixtures" / "golden"
 GUIDANCE = {  # golden key -> pipeline guidance settings
     "steps250_cfg0.4": dict(guidance_scale=1.4, guidance_schedule="constant"),
     "steps250_cfg3.0_powcos1.0": dict(guidance_scale=3.0, guidance_schedule="power-cosine", guidance_power=1.0),

@@ -1,4 +1,4 @@
-"""Write assets/imagenet_classes.json: the 1000 ImageNet-1k classes in the standard order, with synonyms.
+"""Write dimr/sampling/imagenet_classes.json: the 1000 ImageNet-1k classes in the standard order, with synonyms.
 
 The names come from the WordNet lemmas that timm ships as package data (not typed by hand). The timm wheel is
 downloaded with pip into a temporary folder and read as a zip; timm itself is never installed or imported.
@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "assets" / "imagenet_classes.json"
+OUT = Path(__file__).resolve().parent.parent / "dimr" / "sampling" / "imagenet_classes.json"
 SYNSETS = "timm/data/_info/imagenet_synsets.txt"  # 1000 WordNet ids in class-index order
 LEMMAS = "timm/data/_info/imagenet_synset_to_lemma.txt"  # "wnid<TAB>name, synonym, ..."
 

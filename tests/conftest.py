@@ -30,7 +30,7 @@ class Golden:
         return self.meta["model_config"]
 
     def model(self):
-        from dimr.weights import from_official
+        from dimr.network.weights import from_official
 
         return from_official(self.config, dict(self.state_dict))
 
@@ -40,7 +40,7 @@ class Golden:
 
 @pytest.fixture(autouse=True)
 def _no_network_and_isolated_cache(monkeypatch, tmp_path):
-    from dimr import caches
+    from dimr.sampling import caches
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("DIMR_CACHE", str(tmp_path / "dimr-cache"))
@@ -71,7 +71,7 @@ def tiny_pixel_model():
     """A randomly initialised 3-branch pixel-space model (16x16 RGB) with named classes circle, square, triangle
     (synonym tri)."""
     from dimr import DiMRModel
-    from dimr.config import normalize_official_config
+    from dimr.network.config import normalize_official_config
 
     config = copy.deepcopy(Golden("three_branch").config)
     config["channels"] = 3

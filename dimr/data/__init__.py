@@ -1,1 +1,0 @@
-"""Data the project makes itself (no downloads): the procedurally generated shapes dataset."""

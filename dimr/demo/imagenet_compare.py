@@ -1,0 +1,267 @@
+"""ImageNet side by side: DiT-XL/2 and DiMR-XL/2R sample the same classes from the same initial noise.
+
+    request = ComparisonRequest.check(classes=["golden retriever", 88], num_inference_steps=50, seed=0)
+    for update in stream_comparison(request):  # ComparisonProgress(model, step, total, dimr), then a Comparison
+        ...
+    comparison.dit_gallery()                   # [(PIL image, caption)]; DiT's token borders drawn when patch_grid
+    comparison.dimr.gallery(), comparison.dimr.branch_panel()     # a dimr.demo.panel.Generation
+
+One initial noise tensor [B, 4, 32, 32] (float32, drawn on the CPU from the seed, so it is the same on every
+device) goes to both models unchanged. Each then samples with its own published settings:
+- DiMR (`imagenet_dimr_model()`: DiMR-XL/2R, or DIMR_MODEL when that is an ImageNet model): the demo's run
+  (dimr.demo.serving), with the branch panel; guidance `uncond + s (cond - uncond)`, s = 1.4 the official constant
+  form, sampler dpm-solver-3s (the official solver).
+- DiT-XL/2 (dimr.demo.dit): the sampling loop of diffusers' DiTPipeline from our noise; guidance on the noise channels
+  only, s = 4.0, DiTPipeline's default. tests/test_dit.py checks that this loop gives DiTPipeline's images bit
+  for bit.
+Both sample on the demo's one sampling thread (dimr.demo.serving), in turn with other visitors' requests.
+Both decode with an SD VAE (DiMR: sd-vae-ft-ema; DiT: the VAE in its repo), 0.18215 latent scaling.
+On a CPU a comparison takes minutes: `estimate_seconds` says how many before sampling starts.
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from dimr.demo import serving
+from dimr.demo.catalogue import default_model, model_labels
+from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME, dit_decode, dit_denoise, dit_missing, load_dit
+from dimr.demo.panel import Generation, enlarge, panel_steps
+from dimr.demo.request import Request, check_guidance_scale
+from dimr.network.acceleration import mode_dtype
+from dimr.network.weights import CheckpointError
+from dimr.sampling import caches
+from dimr.sampling.loading import missing_parts
+
+DIMR_IMAGENET = "DiMR-XL/2R"
+DIMR_GUIDANCE = 1.4  # the official constant guidance, cond + 0.4 (cond - uncond)
+DEFAULT_STEPS = 50
+PATCH_GRID_COLOR = (255, 255, 255, 110)
+# The share of a plain 1024^3 matmul's FLOP/s that the XL networks' float32 forwards reach on a CPU (compare
+# `matmul_speed("cpu")` with a timed forward of each network: docs/imagenet.md).
+NETWORK_EFFICIENCY = 0.75
+
+
+def imagenet_dimr_model():
+    """The DiMR side: DIMR_MODEL when it is an ImageNet model (1000 classes), else DiMR-XL/2R."""
+    name = default_model()
+    return name if len(model_labels(name)) == 1000 else DIMR_IMAGENET
+
+
+@dataclass(frozen=True)
+class ComparisonRequest:
+    """One comparison: the DiMR side's demo request (its classes, seed and steps are DiT's too) and DiT's guidance."""
+
+    dimr: Request
+    dit_guidance_scale: float = DIT_GUIDANCE
+    patch_grid: bool = False
+
+    @classmethod
+    def check(cls, *, classes, images_per_class=1, num_inference_steps=DEFAULT_STEPS, seed=0,
+              dimr_guidance_scale=DIMR_GUIDANCE, dit_guidance_scale=DIT_GUIDANCE, patch_grid=False):
+        """Validate everything before any model is loaded; ValueError names the bad value and what is allowed."""
+        check_guidance_scale(dimr_guidance_scale, "dimr_guidance_scale")
+        dit_guidance_scale = check_guidance_scale(dit_guidance_scale, "dit_guidance_scale")
+        dimr = Request.check(model=imagenet_dimr_model(), classes=classes, images_per_class=images_per_class,
+                             guidance_scale=dimr_guidance_scale, num_inference_steps=num_inference_steps, seed=seed)
+        if not isinstance(patch_grid, (bool, np.bool_)):
+            raise ValueError(f"patch_grid must be true or false, got {patch_grid!r}")
+        return cls(dimr, dit_guidance_scale, bool(patch_grid))
+
+
+@dataclass
+class ComparisonProgress:
+    """`model` is at `step` of `total`; `dimr`: DiMR's own progress, with its preview (None while DiT samples)."""
+
+    model: str
+    step: int
+    total: int
+    dimr: serving.Progress = None
+
+
+@dataclass
+class Comparison:
+    """Both sides of a finished comparison."""
+
+    request: ComparisonRequest
+    noise: torch.Tensor  # [B, C, S, S] float32 on the CPU: the initial noise both models started from
+    dimr: Generation
+    dit_images: np.ndarray  # [B, H, W, 3] uint8
+    dit_tokens: int  # DiT's token grid is dit_tokens x dit_tokens
+    dit_scheduler: str
+    dit_seconds: float
+
+    def dit_gallery(self):
+        """[(PIL image, caption)], enlarged like DiMR's, with DiT's patch borders when the request asked for them."""
+        images = [enlarge(image) for image in self.dit_images]
+        if self.request.patch_grid:
+            images = [draw_patch_grid(image, self.dit_tokens) for image in images]
+        return list(zip(images, self.dimr.captions))
+
+
+def setup_note():
+    """For the tab: the models a comparison needs that this server does not have, and how to install them; what
+    the device means for the wait."""
+    missing = missing_models()
+    where = (f"**Not installed on this server: {serving.listed(missing)}.** The first comparison downloads them "
+             f"when the server can reach the Hugging Face hub; offline, the operator installs them first:\n"
+             f"{serving.how_list(missing)}\n\n" if missing else "Weights: at hand. ")
+    speed = ("On a CPU a comparison takes many minutes (the status shows the estimate before sampling starts)."
+             if serving.device().type == "cpu" else f"Device: {serving.device()}.")
+    return where + speed
+
+
+def missing_models():
+    """What a comparison still needs on this server, as {what: how to install it}: DiMR's weights and VAE, DiT;
+    {} when everything is at hand (looks at local files only)."""
+    return {**missing_parts(imagenet_dimr_model()), **dit_missing()}
+
+
+def initial_noise(batch, shape, seed):
+    """The noise both sides start from: [batch, *shape] float32, from a CPU generator (the same on every device)."""
+    return torch.randn((batch, *shape), generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+
+
+def draw_patch_grid(image, tokens):
+    """The image with the borders of a tokens x tokens grid drawn on top (DiT's patches, in image pixels)."""
+    overlay = Image.new("RGBA", image.size)
+    draw = ImageDraw.Draw(overlay)
+    for k in range(1, tokens):
+        x, y = round(k * image.width / tokens), round(k * image.height / tokens)
+        draw.line([(x, 0), (x, image.height - 1)], fill=PATCH_GRID_COLOR)
+        draw.line([(0, y), (image.width - 1, y)], fill=PATCH_GRID_COLOR)
+    return Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
+
+
+def load_comparison(request):
+    """Both pipelines on the demo's device (DiT in the demo's dtype); checks that their latents have one shape. A
+    model that is neither here nor downloadable fails with one ModelUnavailable naming every model still missing."""
+    try:
+        dimr_pipe = serving.load(request.dimr.model)
+        dit_pipe = load_dit(serving.device(), mode_dtype(serving.acceleration_mode()))
+    except (serving.ModelUnavailable, CheckpointError):
+        missing = missing_models()
+        if not missing:
+            raise
+        raise serving.unavailable(missing) from None
+    config = dit_pipe.transformer.config
+    dit_shape = (config.in_channels, config.sample_size, config.sample_size)
+    if tuple(dimr_pipe.latent_shape) != dit_shape:
+        raise ValueError(f"{request.dimr.model} samples latents of shape {tuple(dimr_pipe.latent_shape)} but "
+                         f"{DIT_NAME} {dit_shape}; the same noise cannot start both. Use an ImageNet 256 DiMR model "
+                         f"such as {DIMR_IMAGENET}.")
+    return dimr_pipe, dit_pipe
+
+
+def stream_comparison(request, stop=None):
+    """Run a comparison: yields ComparisonProgress while sampling (DiMR first, then DiT), then the Comparison.
+    Both sample on the demo's one sampling worker (dimr.demo.serving), in turn with other visitors' requests; setting
+    `stop` (or closing this generator) ends the comparison after the current step."""
+    dimr_pipe, dit_pipe = load_comparison(request)
+    dimr_request = request.dimr
+    steps = dimr_request.num_inference_steps
+    noise = initial_noise(len(dimr_request.labels), dimr_pipe.latent_shape, dimr_request.seed)
+    for update in serving.stream(dimr_request, stop, latents=noise):
+        if isinstance(update, serving.Progress):
+            yield ComparisonProgress(dimr_request.model, update.step, update.total, update)
+        else:
+            generation = update
+
+    def sample_dit(progress):
+        start = time.perf_counter()
+        latents = noise.to(dit_pipe.device)
+        for step, latents in enumerate(dit_denoise(dit_pipe, dimr_request.labels, latents,
+                                                   request.dit_guidance_scale, steps)):
+            progress(step)
+        images = (dit_decode(dit_pipe, latents).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        return images, time.perf_counter() - start
+
+    for update in serving.run_task(sample_dit, stop):
+        if isinstance(update, int):
+            yield ComparisonProgress(DIT_NAME, update, steps)
+        else:
+            images, seconds = update
+    config = dit_pipe.transformer.config
+    yield Comparison(request=request, noise=noise, dimr=generation, dit_images=images,
+                     dit_tokens=config.sample_size // config.patch_size,
+                     dit_scheduler=type(dit_pipe.scheduler).__name__, dit_seconds=seconds)
+
+
+def describe_comparison(comparison):
+    """The status box's text: what each side ran and how long it took."""
+    r = comparison.request
+    return (f"Same noise (seed {r.dimr.seed}) and classes for both. {serving.describe(comparison.dimr)}  \n"
+            f"{DIT_NAME}: {len(comparison.dit_images)} images, {r.dimr.num_inference_steps} steps of "
+            f"{comparison.dit_scheduler}, guidance {r.dit_guidance_scale:g} (DiT's, on the noise channels), "
+            f"{comparison.dit_seconds:.1f} s on {serving.device()}")
+
+
+# ---------------------------------------------------------------------------------------- the wait on a CPU
+
+
+def estimate_seconds(request, dimr_pipe, dit_pipe):
+    """Roughly how long a comparison takes, in seconds: both networks' FLOPs per step (with guidance, twice the
+    batch) plus the VAE decodes (final images, DiMR's previews and branch panel), divided by NETWORK_EFFICIENCY x
+    this device's float32 matrix-multiply speed. Meant for CPUs, where the wait is many minutes."""
+    r = request.dimr
+    batch, steps = len(r.labels), r.num_inference_steps
+    shape = (1, *dimr_pipe.latent_shape)
+    # The calls run on the meta device: the tensors they make there hold shapes only.
+    dimr_flops = _forward_flops(dimr_pipe.model, lambda m: m(torch.zeros(shape), torch.tensor([500.0]),
+                                                             torch.tensor([0])))
+    dit_flops = _forward_flops(dit_pipe.transformer, lambda m: m(torch.zeros(shape), timestep=torch.tensor([500]),
+                                                                 class_labels=torch.tensor([0])))
+    decode_flops = _forward_flops(dimr_pipe.vae, lambda m: m.decode(torch.zeros(shape)))
+    panel_decodes = len(panel_steps(dimr_pipe, steps)) * len(dimr_pipe.model.branch_scales)
+    # Decodes per image: both final images, the panel, and about one DiMR preview per step (a CPU step of a
+    # latent model takes longer than serving.PREVIEW_INTERVAL_S).
+    decodes = 2 + panel_decodes + steps
+    total = (steps * batch * ((1 + (r.guidance_scale != 1)) * dimr_flops + (1 + (request.dit_guidance_scale > 1))
+                              * dit_flops) + batch * decodes * decode_flops)
+    return total / (NETWORK_EFFICIENCY * matmul_speed(str(dimr_pipe.device)))
+
+
+def _forward_flops(module, call):
+    """FLOPs of one call of a module's architecture, counted on the meta device (no weights touched, no compute);
+    kept in dimr.sampling.caches per architecture."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count():
+        with torch.device("meta"):
+            twin = type(module).from_config(module.config)
+            with FlopCounterMode(display=False) as counter:
+                call(twin)
+        return counter.get_total_flops()
+
+    return caches.remembered(("flops", type(module).__name__, str(dict(module.config))), count)
+
+
+def matmul_speed(device, size=1024, repeats=4):
+    """The float32 matrix-multiply FLOP/s of a device: one short measurement the first time, kept in dimr.sampling.caches."""
+    def measure():
+        a = torch.randn(size, size, device=device)
+        a @ a  # warm-up
+        if a.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            b = a @ a
+        b.sum().item()
+        return repeats * 2 * size**3 / (time.perf_counter() - start)
+
+    return caches.remembered(("matmul_speed", str(device), size, repeats), measure)
+
+
+def cpu_wait(request, dimr_pipe, dit_pipe):
+    """'On this CPU this comparison takes about 12 minutes. ' before a run on a CPU; '' on other devices."""
+    if dimr_pipe.device.type != "cpu":
+        return ""
+    return f"On this CPU this comparison takes {wait_note(estimate_seconds(request, dimr_pipe, dit_pipe))}. "
+
+
+def wait_note(seconds):
+    """'about 12 minutes' / 'about 40 seconds'."""
+    return f"about {seconds / 60:.0f} minutes" if seconds >= 90 else f"about {max(seconds, 1):.0f} seconds"
