@@ -4,7 +4,7 @@
 #   benchmarks/gpu_run.sh OUTDIR [more benchmarks/sampling.py arguments]
 #
 # Needs, in the repo: .official/ (a copy of github.com/qihao067/DiMR: git -C MIRROR archive HEAD | tar -x -C
-# .official) and, where the machine's Python lacks a package, its wheels in .whl/ (installed into .whl/site);
+# .official) and, where the machine's Python lacks a package, its wheels in .whl/ (scripts/carried_wheels.sh);
 # both are git-ignored. Writes OUTDIR/sampling.json (rewritten after every measurement, so a cut-off run
 # keeps what it measured) and OUTDIR/sampling.log. No measurement starts after BUDGET seconds (default
 # 240); the whole script is killed after BUDGET + 90. Copy sampling.json to benchmarks/results/<device>.json.
@@ -15,14 +15,7 @@ shift
 PY=${PYTHON:-python3}
 BUDGET=${BUDGET:-240}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .whl/site .whl/*.whl \
-    || { echo "installing the carried wheels failed" >&2; exit 1; }
-  export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-# The package from this checkout, whether or not it is installed (`pip install -e .`).
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
+source scripts/carried_wheels.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader || true
 official=()
 [[ -f .official/dpm_solver.py ]] && official=(--official-repo .official)

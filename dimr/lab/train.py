@@ -191,10 +191,10 @@ class Trainer:
             # A CPU generator state cannot drive a CUDA generator (and back): reseed from the seed and step.
             self.generator.manual_seed(self.config["train"]["seed"] * 1_000_003 + self.step)
 
-    def export(self, out_dir):
+    def export(self, out_dir, stopped_by=None):
         """Save the EMA model as a loadable checkpoint (config.json with class names + safetensors).
 
-        training.json describes this session; when the run continued an exported model (init_from), it also
+        training.json describes this session (and what ended it, when given); when the run continued an exported model (init_from), it also
         keeps that model's sessions and totals, so the history of the weights is never lost.
         """
         out_dir = Path(out_dir)
@@ -207,6 +207,8 @@ class Trainer:
                     "images_seen": self.step * t["batch_size"], "train_minutes": round(self.train_seconds / 60, 2),
                     "device": device_name(self.device), "lr": t["lr"], "warmup_steps": t["warmup_steps"],
                     "decay_steps": t["decay_steps"]}
+            if stopped_by:
+                info["stopped_by"] = stopped_by
             previous = Path(self.init_from or "") / "training.json"
             if self.init_from and previous.is_file():
                 before = json.loads(previous.read_text())
@@ -359,7 +361,7 @@ def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resum
     print(f"{config['name']}: stopped by {stopped_by} at step {trainer.step} after "
           f"{trainer.train_seconds / 60:.2f} min of training in total")
     if export_dir:
-        print(f"exported EMA weights to {trainer.export(export_dir)}")
+        print(f"exported EMA weights to {trainer.export(export_dir, stopped_by)}")
     return trainer
 
 

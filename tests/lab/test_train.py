@@ -318,7 +318,8 @@ def test_install_is_refused_for_models_that_are_not_the_bundled_pair(tmp_path, c
     path = tmp_path / "other.json"
     path.write_text(json.dumps({**tiny_config(), "name": "other"}))
     assert main(["reproduce", "--configs", str(path), "--out", str(tmp_path / "out"), "--install"]) == 2
-    assert "--install replaces the bundled models tiny-dimr, tiny-baseline; these configs train other" in \
+    assert "--install and --continue-bundled work on the bundled models tiny-dimr, tiny-baseline; these configs train " \
+           "other" in \
         capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
