@@ -90,29 +90,19 @@ def denoising_error(model_dir, num_images=500):
     high levels are where a sample's layout is decided; a model that fails there draws blobs from noise."""
     import torch
 
-    from dimr.lab.distortion import REAL_SEED, real_images
+    from dimr.lab.distortion import REAL_SEED, branch_denoising_errors, branch_estimates, real_images
     from dimr.lab.shapes import to_model_range
     from dimr.sampling.loading import load_pipeline
-    from dimr.sampling.pipeline import branch_x0
 
     pipe = load_pipeline(model_dir, device="cpu")
     images, labels = real_images(num_images, REAL_SEED)
     x0 = to_model_range(images)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    errors = {}
-    table = pipe.scheduler.alphas_cumprod
-    for level in NOISE_LEVELS:
-        k = int((table - level).abs().argmin())
-        abar = table[k]
-        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        estimates = []
-        for given in (labels, torch.full_like(labels, pipe.model.null_class)):
-            with torch.inference_mode():
-                out = pipe.model.forward_branches(x_t, torch.tensor(float(k)), given)[-1]
-            estimates.append(branch_x0(x_t, out, 1, abar, pipe.scheduler.config.prediction_type).clamp(-1, 1))
-        errors[level] = round(float((estimates[0] - x0).square().mean().sqrt()) * 127.5, 2)
-        if level == CLASS_EFFECT_LEVEL:
-            errors["class_effect"] = round(float((estimates[0] - estimates[1]).square().mean().sqrt()) * 127.5, 2)
+    final = branch_denoising_errors(pipe, x0, labels, NOISE_LEVELS, noise)[:, -1]
+    errors = {level: round(float(e.square().mean().sqrt()), 2) for level, e in zip(NOISE_LEVELS, final)}
+    given, unconditional = (branch_estimates(pipe, x0, y, CLASS_EFFECT_LEVEL, noise)[-1]
+                            for y in (labels, torch.full_like(labels, pipe.model.null_class)))
+    errors["class_effect"] = round(float((given - unconditional).square().mean().sqrt()) * 127.5, 2)
     return errors
 
 

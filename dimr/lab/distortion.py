@@ -33,7 +33,7 @@ from dimr.lab.shapes import CLASS_NAMES, make_dataset
 from dimr.sampling import caches
 from dimr.sampling.defaults import SHAPES_GUIDANCE, SHAPES_STEPS
 from dimr.sampling.grids import save_png, tile, to_uint8
-from dimr.sampling.pipeline import DEFAULT_SAMPLER
+from dimr.sampling.pipeline import DEFAULT_SAMPLER, branch_x0
 
 THRESHOLD = 0.5
 REAL_SEED = 2  # real data for the measure: neither the diffusion models' (0) nor the classifier's (1, 3)
@@ -131,6 +131,33 @@ def fine_detail(images, r):
     the content finer than an r x r grid (what a branch r times finer than another can add)."""
     coarse = F.interpolate(F.avg_pool2d(images, r), scale_factor=r, mode="nearest")
     return (images - coarse).abs().mean(dim=(1, 2, 3)) * 127.5
+
+
+def branch_estimates(pipe, x0, labels, level, noise):
+    """Every branch's clean estimate (clamped, lowest resolution first) of real images x0 [N, C, H, W] in [-1, 1]
+    noised with `noise` to the training timestep whose abar is nearest `level`, given `labels`."""
+    table = pipe.scheduler.alphas_cumprod
+    k = int((table - level).abs().argmin())
+    abar = table[k]
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    with torch.inference_mode():
+        outs = pipe.model.forward_branches(x_t, torch.tensor(float(k)), labels)
+    prediction_type = pipe.scheduler.config.prediction_type
+    return [branch_x0(x_t, out, scale, abar, prediction_type).clamp(-1, 1)
+            for out, scale in zip(outs, pipe.model.branch_scales)]
+
+
+def branch_denoising_errors(pipe, x0, labels, levels, noise):
+    """How well each branch recovers real images given their class: RMSE per noise level (abar), branch and image
+    [len(levels), L, N] in 0..255 units, each branch against x0 average-pooled to its own grid. The high noise
+    levels decide a sample's layout, the low ones its fine detail."""
+    errors = []
+    for level in levels:
+        estimates = branch_estimates(pipe, x0, labels, level, noise)
+        errors.append(torch.stack([
+            (estimate - F.avg_pool2d(x0, scale)).square().mean(dim=(1, 2, 3)).sqrt() * 127.5
+            for estimate, scale in zip(estimates, pipe.model.branch_scales)]))
+    return torch.stack(errors)
 
 
 def bundled_judge():
