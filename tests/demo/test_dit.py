@@ -108,6 +108,14 @@ def test_a_comparison_returns_both_galleries_and_the_branch_panel(tiny_setup):
     assert "seed 1" in status and "DDIMScheduler" in status and "guidance 4" in status
 
 
+def test_a_callers_stop_event_stays_clear_after_a_comparison_that_ran_to_the_end(tiny_setup):
+    """The DiMR phase finishing must not set the caller's `stop`, or the DiT phase after it would end as stopped."""
+    stop = threading.Event()
+    request = ComparisonRequest.check(classes=[207], num_inference_steps=2, seed=1)
+    comparison = list(stream_comparison(request, stop=stop))[-1]
+    assert isinstance(comparison, imagenet_compare.Comparison) and not stop.is_set()
+
+
 def test_the_patch_grid_marks_every_token_border_and_nothing_else():
     plain = Image.new("RGB", (256, 256))
     gridded = np.asarray(imagenet_compare.draw_patch_grid(plain, 16)).max(axis=2)
