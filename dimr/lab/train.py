@@ -298,7 +298,7 @@ def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resum
     max_steps = config["train"]["max_steps"]
     trainer = _start(config, run_dir, device, compile, resume, init_from)
     log_every = log_every or (100 if trainer.cuda else 10)
-    lockstep = Lockstep(sync_dir, config["name"], every=log_every) if sync_dir else None
+    lockstep = Lockstep(sync_dir, config["name"], every=log_every, start_step=trainer.step) if sync_dir else None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=1))
     params, flops = model_cost(config["model"])

@@ -208,6 +208,16 @@ def test_runs_in_lockstep_stop_at_the_same_step(tmp_path):
     assert results["tiny-test"] == results["tiny-test-b"] > 0
 
 
+def test_a_stop_step_left_by_an_earlier_lockstep_session_does_not_end_the_next(tmp_path):
+    config, sync = tiny_config(), tmp_path / "sync"
+    # Out of time at once: the session agrees on stop step 4 (two log intervals on) and ends there.
+    first = train(config, tmp_path / "run", max_steps=8, max_minutes=0, sync_dir=sync, log_every=2, progress=False)
+    assert first.step == 4 and json.loads((sync / "stop.json").read_text())["step"] == 4
+    second = train(config, tmp_path / "run", max_steps=8, max_minutes=60, resume=True, sync_dir=sync, log_every=2,
+                   progress=False)
+    assert second.step == 8
+
+
 def test_export_is_a_loadable_pixel_space_model_with_class_names(tmp_path):
     trainer = train(tiny_config(), tmp_path / "run", max_steps=2, export_dir=tmp_path / "export", progress=False)
     model = DiMRModel.from_pretrained(tmp_path / "export")
