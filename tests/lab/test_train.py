@@ -18,6 +18,7 @@ from dimr.lab.objective import (
     sample_timesteps,
     snr_weights,
 )
+from dimr.lab.reproduce import steps_done
 from dimr.lab.shapes import CLASS_NAMES
 from dimr.lab.train import Trainer, train
 from dimr.lab.train_config import load_config, model_cost, prepare_config
@@ -322,6 +323,14 @@ def test_reproduce_trains_both_in_lockstep_measures_them_and_keeps_the_bundled_m
     weights = (tmp_path / "out" / "pair-a" / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     assert main(command) == 0
     assert (tmp_path / "out" / "pair-a" / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_reproduce_reads_the_step_of_complete_log_lines_only(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 10, "loss": 0.5}\n{"step": 2')  # the trainer is half-way through a line
+    assert steps_done(tmp_path) == 10
+    log.write_text('{"st')
+    assert steps_done(tmp_path) == 0
 
 
 def test_install_is_refused_for_models_that_are_not_the_bundled_pair(tmp_path, capsys):
