@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from dimr import DiMRPipeline
-from dimr.demo import batching
+from dimr.demo import batching, catalogue
 from dimr.demo.request import Request
+from dimr.network import acceleration
 from dimr.sampling.pipeline import make_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
@@ -204,6 +205,35 @@ def test_warm_up_loads_and_runs_every_network_batch_a_run_can_make_once(tiny_pix
         threading.Event().wait(0.1)
     assert {key[0][0] for key in network.seen} == sizes, "with guidance 2 x 1..16 samples, without 1..16"
     assert len(batching.warm_up_batches()) == len(sizes)
+
+
+def test_after_warm_up_the_default_request_captures_no_graph(pipe, monkeypatch):
+    """Every shape the warm-up runs keeps its CUDA graph, so a request shaped as the page's default (its model's
+    showcase classes, one image each, guided) replays graphs only."""
+    captures = []
+
+    class CountingGraph:
+        """A CUDA graph's stand-in on the CPU: counts captures and runs the network when replayed."""
+
+        supports = staticmethod(lambda sample: True)
+
+        def __init__(self, forward, sample, timestep, class_labels):
+            captures.append(len(sample))
+            self.forward = forward
+
+        def __call__(self, sample, timestep, class_labels):
+            return self.forward(sample, timestep, class_labels)
+
+    monkeypatch.setattr(acceleration, "_Graph", CountingGraph)
+    pipe.network = acceleration.fast_network(pipe.model, compile=False)
+    for images, guided in batching.warm_up_batches():
+        batching.run_shape(lambda: pipe, images, guided)
+    assert len(captures) == len(batching.warm_up_batches())
+    default = Request.check(model="tiny-dimr", classes=catalogue.default_classes("tiny-dimr"))
+    shaped_so = request([0] * len(default.labels), guidance_scale=default.guidance_scale)
+    batcher = batching.Batcher(load=lambda r: pipe, branch_steps=lambda p, steps: [steps - 1], finish=output)
+    batcher.submit(shaped_so).result()
+    assert len(captures) == len(batching.warm_up_batches())
 
 
 def test_a_pipeline_that_is_not_compiled_is_only_loaded(pipe):
