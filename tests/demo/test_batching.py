@@ -268,16 +268,23 @@ def test_a_request_stopped_before_its_turn_is_neither_loaded_nor_run(pipe, caplo
 
 
 def test_a_request_equal_to_one_being_sampled_joins_its_run(pipe):
-    recorder = Recorder(pipe)
+    # The run waits in its second step until the other requests are in, so it is under way when they come.
+    under_way, submitted = threading.Event(), threading.Event()
+
+    def hold(i):
+        if i == 1:
+            under_way.set()
+            assert submitted.wait(60)
+
+    recorder = Recorder(pipe, on_step=hold)
     first = recorder.batcher.submit(request([0, 1], num_inference_steps=100, seed=2))
-    while first.take_preview() is None:  # the run is under way
-        first.finished.wait(0.01)
+    assert under_way.wait(60)
     equal = recorder.batcher.submit(request([0, 1], num_inference_steps=100, seed=2))
     other = recorder.batcher.submit(request([0, 1], num_inference_steps=100, seed=3))
+    submitted.set()
     assert equal.run is first.run and other.run is None
-    while equal.take_preview() is None:  # a joined request gets the run's previews from its next step on
-        equal.finished.wait(0.01)
     np.testing.assert_array_equal(equal.result().images, first.result().images)
+    assert equal.take_preview()[0] == 99, "a joined request gets the run's previews"
     other.result()
     assert recorder.runs == [[0, 1], [0, 1]], "the equal request was sampled with the first, the other on its own"
     assert recorder.finished == [request([0, 1], num_inference_steps=100, seed=2),
