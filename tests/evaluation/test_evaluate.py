@@ -136,10 +136,19 @@ def test_a_bad_argument_is_refused_before_sampling(tmp_path, capsys, change, mes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no job started
 
 
-def test_torchrun_refuses_a_bad_argument_in_every_process_before_sampling(tmp_path):
-    done = run([*evaluate_command(tmp_path / "out.npz", processes=2), "--samples", "0"])
-    assert done.returncode != 0
-    assert done.stderr.count("error: --samples must be at least 1, got 0") == 2  # one line from each process
+def test_every_process_of_a_torchrun_job_refuses_a_bad_argument_before_joining_the_others(tmp_path):
+    """Both ranks started as torchrun starts them, but each on its own: under torchrun the first to fail has the
+    launcher stop the other, maybe before it spoke. A rank past the check would wait for its peer in vain (or, with
+    both past it, sample); each must refuse at once."""
+    python, *arguments = evaluate_command(tmp_path / "out.npz")
+    ranks = [subprocess.Popen([python, *arguments, "--samples", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank),
+                                              "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                              "MASTER_PORT": "29517"})
+             for rank in (0, 1)]
+    for rank in ranks:
+        _, stderr = rank.communicate(timeout=600)
+        assert rank.returncode == 2 and "error: --samples must be at least 1, got 0" in stderr, stderr
     assert list(tmp_path.iterdir()) == []
 
 
