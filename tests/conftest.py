@@ -3,8 +3,10 @@ models, running a script as a user would, and the isolation every test gets (off
 
 import copy
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,23 @@ def run_script():
         return done.stdout
 
     return run
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """A list of every connection and every sleep tried while the test runs: an offline refusal that comes at once
+    tries neither (no download, no retry after a pause), whatever the machine's speed. Connections fail."""
+    tried = []
+    sleep = time.sleep
+
+    def connecting(sock, address):
+        tried.append(("connect", address))
+        raise OSError(f"no network in tests (connect to {address})")
+
+    def sleeping(seconds):
+        tried.append(("sleep", seconds))
+        sleep(seconds)
+
+    monkeypatch.setattr(socket.socket, "connect", connecting)
+    monkeypatch.setattr(time, "sleep", sleeping)
+    return tried

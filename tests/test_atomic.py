@@ -1,10 +1,11 @@
 """Files written whole or not at all (dimr.atomic): a reader never sees half a file or a half-written model."""
 
+import pathlib
 import threading
 
 import pytest
 
-from dimr.atomic import replaced_atomically
+from dimr.atomic import newest_complete, replaced_atomically
 
 
 def test_a_directory_is_replaced_whole_and_a_failed_write_leaves_the_old_one(tmp_path):
@@ -41,3 +42,33 @@ def test_writers_of_the_same_file_at_once_each_leave_a_whole_file(tmp_path):
         writer.join()
     assert target.read_bytes() == data
     assert [p.name for p in tmp_path.iterdir()] == ["image.png"]
+
+
+def test_a_swap_interrupted_between_its_renames_keeps_the_new_directory_for_recovery(tmp_path, monkeypatch):
+    """A second Ctrl-C after the old directory stepped aside: the whole new one stays beside it, and
+    `newest_complete` puts it in place."""
+    target = tmp_path / "checkpoint"
+
+    def write(version):
+        with replaced_atomically(target) as partial:
+            partial.mkdir()
+            (partial / "version").write_text(version)
+
+    def version(directory):
+        return int((directory / "version").read_text()) if (directory / "version").is_file() else None
+
+    write("1")
+    rename = pathlib.Path.rename
+
+    def interrupted(source, destination):
+        rename(source, destination)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pathlib.Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write("2")
+    monkeypatch.undo()
+    assert not target.exists()
+    assert newest_complete(target, version) == target
+    assert (target / "version").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]

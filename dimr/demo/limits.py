@@ -7,7 +7,10 @@ One request holds the device for its whole run: these bound its time and the mem
 
 MAX_IMAGES = 16  # per request
 MAX_COMPARE_IMAGES = 40  # per model in Compare: the tiny models sample 4 images of each of the 10 shapes quickly
-MAX_STEPS = 250  # the official evaluation's 250 model evaluations
+# A step runs the model once, or twice for Heun (dimr.sampling.pipeline.model_evaluations): the steps a request may
+# ask for are bounded, and so are the model evaluations they cost.
+MAX_STEPS = 250
+MAX_EVALUATIONS = 250  # the official evaluation's 250 model evaluations
 MAX_GUIDANCE = 10.0
 MIN_GUIDANCE_POWER, MAX_GUIDANCE_POWER = 0.1, 4.0  # of the power-cosine guidance schedule
 MAX_SEED = 2**32 - 1

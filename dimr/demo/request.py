@@ -5,21 +5,36 @@
     request.captions    # one class name per image
 
 Labels, guidance and the sampler are checked by the project's own checks (dimr.sampling.labels, dimr.sampling.pipeline); the demo's
-limits (dimr.demo.limits) bound the images, steps, guidance and seed. A ValueError says which value is wrong and what is
+limits (dimr.demo.limits) bound the images, steps (and the model evaluations they cost), guidance and seed. A ValueError says which value is wrong and what is
 allowed.
 """
 
+import bisect
 from dataclasses import dataclass
 
 from dimr.checks import check_int, check_number
 from dimr.demo.catalogue import check_model, default_guidance, default_steps, model_labels
-from dimr.demo.limits import MAX_GUIDANCE, MAX_GUIDANCE_POWER, MAX_IMAGES, MAX_SEED, MAX_STEPS, MIN_GUIDANCE_POWER
-from dimr.sampling.pipeline import DEFAULT_SAMPLER, SAMPLERS, check_guidance, make_scheduler
+from dimr.demo.limits import (MAX_EVALUATIONS, MAX_GUIDANCE, MAX_GUIDANCE_POWER, MAX_IMAGES, MAX_SEED, MAX_STEPS,
+                              MIN_GUIDANCE_POWER)
+from dimr.sampling.pipeline import DEFAULT_SAMPLER, SAMPLERS, check_guidance, make_scheduler, model_evaluations
 
 
 def check_guidance_scale(value, name="guidance_scale"):
     """A guidance scale the demo takes: a finite number in 0..MAX_GUIDANCE (0: unconditional, 1: no guidance)."""
     return check_number(name, value, 0, MAX_GUIDANCE)
+
+
+def check_evaluations(sampler, num_inference_steps):
+    """Refuse steps that cost more than MAX_EVALUATIONS model evaluations with this sampler, naming the most it may
+    take."""
+    evaluations = model_evaluations(sampler, num_inference_steps)
+    if evaluations > MAX_EVALUATIONS:
+        # Evaluations grow with the steps: the number of step counts 1, 2, ... within the limit is the most allowed.
+        most = bisect.bisect_right(range(1, num_inference_steps + 1), MAX_EVALUATIONS,
+                                   key=lambda steps: model_evaluations(sampler, steps))
+        raise ValueError(f"{num_inference_steps} steps of {sampler} run the model {evaluations} times; the demo runs "
+                         f"it at most {MAX_EVALUATIONS} times per request: use at most {most} steps with {sampler}, "
+                         f"or another sampler")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +82,7 @@ class Request:
             raise ValueError(f"sampler must be one name, one of {', '.join(SAMPLERS)}; got {type(sampler).__name__} "
                              f"{sampler!r}")
         make_scheduler(sampler)  # raises for an unknown sampler name
+        check_evaluations(sampler, num_inference_steps)
         return cls(model=model, class_ids=class_ids, images_per_class=images_per_class,
                    guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
                    guidance_power=guidance_power, num_inference_steps=num_inference_steps, seed=seed,

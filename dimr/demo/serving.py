@@ -146,7 +146,7 @@ def stream(request, stop=None, latents=None):
         for step, preview in _while_running(job):
             yield Progress(step + 1, request.num_inference_steps, to_uint8(preview), request.captions)
     finally:
-        job.stop.set()
+        _leave_unless_finished(job)
     yield job.result()
 
 
@@ -159,8 +159,15 @@ def run_task(task, stop=None):
         for step, _ in _while_running(job):
             yield step + 1
     finally:
-        job.stop.set()
+        _leave_unless_finished(job)
     yield job.result()
+
+
+def _leave_unless_finished(job):
+    """A generator closed before its job finished (the browser went away) ends the job. A finished one leaves `stop`
+    alone: it may be the caller's, which a later phase (DiT after DiMR in a comparison) still watches."""
+    if not job.finished.is_set():
+        job.stop.set()
 
 
 def _while_running(job):

@@ -13,12 +13,20 @@ class Lockstep:
     `every` steps ahead of the slowest live peer. The first process whose time is up writes `stop.json`
     with a step a little beyond every peer's, and every process stops exactly there. A peer that has
     finished, or not reported for `stale_seconds` (crashed), no longer holds the others back.
+
+    A stop belongs to one session: the processes of a session all stop at its stop step and a later session resumes
+    from there, so a `stop.json` at or before the step a process starts from (`start_step`) was left by an earlier
+    session, and is removed rather than ending this one at once.
     """
 
-    def __init__(self, directory, name, every=20, stale_seconds=120):
+    def __init__(self, directory, name, every=20, stale_seconds=120, start_step=0):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name, self.every, self.stale_seconds = name, every, stale_seconds
+        earlier = self.stop_step()
+        if earlier is not None and earlier <= start_step:
+            # A peer of this session may have removed it first.
+            (self.dir / "stop.json").unlink(missing_ok=True)
 
     def _write(self, path, data):
         tmp = path.with_suffix(f".tmp{os.getpid()}")

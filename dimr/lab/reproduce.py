@@ -33,11 +33,13 @@ POLL_SECONDS = 5
 
 
 def steps_done(run_dir):
-    """The last step a run logged (0 before its first log line)."""
+    """The last step a run logged (0 before its first log line). The trainer may be writing a line as this reads:
+    only lines that end in a newline are complete."""
     log = Path(run_dir) / "log.jsonl"
     if not log.is_file():
         return 0
-    lines = log.read_text().splitlines()
+    text = log.read_text()
+    lines = text[: text.rfind("\n") + 1].splitlines()
     return json.loads(lines[-1])["step"] if lines else 0
 
 

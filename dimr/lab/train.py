@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dimr.atomic import replaced_atomically
+from dimr.atomic import newest_complete, replaced_atomically
 from dimr.lab.lockstep import Lockstep
 from dimr.lab.objective import alphas_cumprod, diffusion_loss, sample_timesteps
 from dimr.lab.shapes import make_dataset, to_model_range
@@ -49,6 +49,7 @@ from dimr.sampling.grids import class_grid, save_png
 from dimr.sampling.pipeline import make_scheduler
 
 RUNS_DIR = Path("runs")  # under the working directory
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "rng.safetensors", "optimizer.pt", "state.json")
 
 # ---------------------------------------------------------------------------------------------- trainer
 
@@ -156,7 +157,8 @@ class Trainer:
         return self.run_dir / "checkpoint"
 
     def save_checkpoint(self):
-        """Write the resumable state next to the previous one, then swap, so a kill never leaves half a checkpoint."""
+        """Write the resumable state next to the previous one, then swap, so a kill never leaves half a checkpoint
+        (`checkpoint_step` tells a whole one; state.json is written last)."""
         with replaced_atomically(self.checkpoint_dir) as tmp:
             tmp.mkdir()
             save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
@@ -265,10 +267,20 @@ def stop_signals():
             signal.signal(sig, handler)
 
 
+def checkpoint_step(directory):
+    """The step a checkpoint directory holds, or None when it is not whole (killed while written or removed)."""
+    try:
+        state = json.loads((Path(directory) / "state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return state["step"] if all((Path(directory) / name).is_file() for name in CHECKPOINT_FILES) else None
+
+
 def _start(config, run_dir, device, compile, resume, init_from):
-    """The run's Trainer: resumed from its checkpoint, or started from an exported model, or fresh."""
+    """The run's Trainer: resumed from its newest whole checkpoint (a kill during a checkpoint's swap leaves it
+    beside checkpoint/), or started from an exported model, or fresh."""
     trainer = Trainer(config, run_dir, device, compile=compile)
-    if resume and (trainer.checkpoint_dir / "state.json").is_file():
+    if resume and newest_complete(trainer.checkpoint_dir, checkpoint_step):
         trainer.load_checkpoint()
         print(f"resumed {run_dir} at step {trainer.step} ({trainer.train_seconds / 60:.1f} min trained so far)")
     elif resume:
@@ -300,7 +312,7 @@ def train(config, run_dir, device="cpu", max_steps=None, max_minutes=None, resum
     max_steps = config["train"]["max_steps"]
     trainer = _start(config, run_dir, device, compile, resume, init_from)
     log_every = log_every or (100 if trainer.cuda else 10)
-    lockstep = Lockstep(sync_dir, config["name"], every=log_every) if sync_dir else None
+    lockstep = Lockstep(sync_dir, config["name"], every=log_every, start_step=trainer.step) if sync_dir else None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=1))
     params, flops = model_cost(config["model"])

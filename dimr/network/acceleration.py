@@ -34,7 +34,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 MODES = ("none", "bf16", "fast")
-MAX_GRAPHS = 4  # CUDA graphs kept per network (one per input shape), least recently used dropped first
+# CUDA graphs kept per network, one per input shape, least recently used dropped first. More than every shape a
+# server warms at start-up (dimr.demo.batching.warm_up_batches: 24, for 1..16 images with and without guidance),
+# so that none of them is captured again in a visitor's request.
+MAX_GRAPHS = 32
 _fast_networks = weakref.WeakKeyDictionary()  # network -> its FastNetwork, so that compiling happens once
 _fast_networks_lock = threading.Lock()
 
@@ -120,6 +123,10 @@ class _Graph:
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.outputs = forward(self.sample, self.timestep, self.class_labels)
 
+    @staticmethod
+    def supports(sample):
+        return sample.device.type == "cuda"
+
     def __call__(self, sample, timestep, class_labels):
         self.sample.copy_(sample)
         self.timestep.copy_(timestep)
@@ -154,7 +161,7 @@ class FastNetwork:
         timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32)
         if torch.is_grad_enabled():
             return self.forward_branches(sample, timestep, class_labels)
-        use_graphs = self.use_graphs and sample.device.type == "cuda"
+        use_graphs = self.use_graphs and _Graph.supports(sample)
         key = (tuple(sample.shape), sample.dtype, tuple(timestep.shape), tuple(class_labels.shape),
                class_labels.dtype, sample.device)
         with self.lock:
@@ -177,6 +184,7 @@ class FastNetwork:
             logger.warning("torch.compile failed (%s: %s); running the network eagerly", type(err).__name__, err)
             self.compiled = None
             return self.forward_branches(sample, timestep, class_labels)
+
     def _graph(self, key, sample, timestep, class_labels):
         """The graph for this input shape, captured now if new; None (graphs off) if capture fails."""
         if key in self.graphs:

@@ -13,9 +13,9 @@ Guidance is `uncond + w (cond - uncond)` with the model's null class, cond and u
 `w(n) = 1 + (s - 1) (1 - cos(pi (1 - n/1000)^p)) / 2`, n = k + 1 for timestep index k, s = guidance_scale,
 p = guidance_power: 1 at pure noise, s at the end.
 
-BranchTrace (all tensors float32 on the pipeline's device; S = number of model evaluations = len(timesteps),
-B = batch, L = branches, lowest resolution first, branch l has scale f = trace.scales[l] (1 for the last)):
-    timesteps    list of S timestep indices k (floats for sigma-based samplers)
+BranchTrace (all tensors float32 on the pipeline's device; S = number of steps = len(timesteps), B = batch, L = branches, lowest resolution first, branch l has scale f = trace.scales[l] (1 for the last)):
+    timesteps    list of S timestep indices k (floats for sigma-based samplers): of each step's last evaluation
+                 (a step is one model evaluation, or two for Heun: `model_evaluations` counts them)
     scales       list of L downsampling factors (model.branch_scales)
     noise_pred   list of L tensors [S, B, C, H/f, W/f]: the branch's guided output: the noise (the released
                  models; "v" or x0 for models trained so, per the scheduler's prediction_type), sum-pooled over
@@ -32,8 +32,9 @@ B = batch, L = branches, lowest resolution first, branch l has scale f = trace.s
                  is "latent"; `pipe.decode_branch_trace(trace, steps, output_type)` decodes any steps later.
 
 On a CPU, decoding a 256x256 image with the SD VAE costs more than a network step: choose `branch_steps` accordingly.
-`callback_on_step_end(pipe, i, t, kwargs)` may ask for "latents", "noise_pred", "branch_noise_pred" and
-"branch_x0_pred" (lists of L tensors [B, C, H/f, W/f] for the current step).
+`callback_on_step_end(pipe, i, t, kwargs)` is called once per step i (t: its last evaluation's timestep) and may ask
+for "latents", "noise_pred", "branch_noise_pred" and "branch_x0_pred" (lists of L tensors [B, C, H/f, W/f] for the
+current step).
 """
 
 import inspect
@@ -118,6 +119,15 @@ def make_scheduler(name=DEFAULT_SAMPLER, **overrides):
     cls, settings = SAMPLERS[name]
     known = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in {**SD_SCHEDULE, **settings, **overrides}.items() if k in known})
+
+
+def model_evaluations(sampler, num_inference_steps):
+    """How many times sampling `num_inference_steps` steps with `sampler` (a SAMPLERS name) runs the network: one
+    per step, 2N - 1 for Heun (two per step, one in its last). What a request costs, for limits and prices; with
+    guidance each evaluation runs a batch twice the size."""
+    scheduler = make_scheduler(sampler)
+    scheduler.set_timesteps(check_int("num_inference_steps", num_inference_steps, 1, MAX_INFERENCE_STEPS))
+    return len(scheduler.timesteps)
 
 
 def noise_settings(scheduler_config):
@@ -296,10 +306,11 @@ class DiMRPipeline(DiffusionPipeline):
         branch_scales = self.model.branch_scales
         trace_eps, trace_x0 = [[] for _ in branch_scales], [[] for _ in branch_scales]
         # Checked before sampling, so a bad step index fails at once.
-        image_steps = branch_step_indices(len(timesteps), branch_steps) if return_branches else []
+        image_steps = branch_step_indices(num_inference_steps, branch_steps) if return_branches else []
         self._call.stopped = False
         network = self.network or self.model.forward_branches
-        with self.progress_bar(total=len(timesteps)) as progress:
+        step_timesteps = []  # the timestep of each finished step's last evaluation
+        with self.progress_bar(total=num_inference_steps) as progress:
             for i, t in enumerate(timesteps):
                 if self._call.stopped:
                     break
@@ -311,25 +322,30 @@ class DiMRPipeline(DiffusionPipeline):
                 else:
                     branches = [b.float() for b in branches]
                 noise_pred = branches[-1]
+                latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                # Heun's step takes two evaluations (its last step one): the step ends when its scheduler is back
+                # in first order. The trace, the callback, the stop and the progress bar count steps.
+                if not (getattr(scheduler, "state_in_first_order", True) or i == len(timesteps) - 1):
+                    continue
+                step = len(step_timesteps)
+                step_timesteps.append(t)
                 if trace_branches:
                     x0s = [branch_x0(model_input, out, scale, abar[i], prediction_type)
                            for out, scale in zip(branches, branch_scales)]
                     for l, (eps, x0) in enumerate(zip(branches, x0s)):
                         trace_eps[l].append(eps)
                         trace_x0[l].append(x0)
-                latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-
                 if callback_on_step_end is not None:
                     available = {"latents": latents, "noise_pred": noise_pred}
                     if trace_branches:
                         available.update(branch_noise_pred=branches, branch_x0_pred=x0s)
-                    outputs = callback_on_step_end(self, i, t, {k: available[k] for k in want})
+                    outputs = callback_on_step_end(self, step, t, {k: available[k] for k in want})
                     latents = outputs.pop("latents", latents)
                 progress.update()
 
         trace = None
         if return_branches:
-            trace = BranchTrace(timesteps=timesteps[: len(trace_eps[0])], scales=branch_scales,
+            trace = BranchTrace(timesteps=step_timesteps, scales=branch_scales,
                                 noise_pred=[torch.stack(eps) for eps in trace_eps],
                                 x0_pred=[torch.stack(x0) for x0 in trace_x0])
             if output_type != "latent":

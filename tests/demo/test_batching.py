@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from dimr import DiMRPipeline
-from dimr.demo import batching
+from dimr.demo import batching, catalogue
 from dimr.demo.request import Request
+from dimr.network import acceleration
+from dimr.sampling.pipeline import make_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
 STEPS = 3
@@ -37,15 +39,24 @@ def request(class_ids, images_per_class=1, guidance_scale=1.4, seed=0, **setting
 
 
 class Recorder:
-    """A batcher around one pipeline that records the class labels of every run and can hold its worker."""
+    """A batcher around one pipeline that records the class labels of every run and the steps it reports, can hold
+    its worker, and calls `on_step(i)` at every step before the batcher sees it."""
 
-    def __init__(self, pipe):
-        self.runs, self.outputs, self.loads, self.finished, self.decodes = [], [], [], [], []
+    def __init__(self, pipe, on_step=lambda i: None):
+        self.runs, self.outputs, self.loads, self.finished, self.decodes, self.steps = [], [], [], [], [], []
         self.release = threading.Event()
         original = pipe.__class__.__call__
 
         def recording(labels, **kwargs):
             self.runs.append(list(labels))
+            batchers_callback = kwargs["callback_on_step_end"]
+
+            def callback(pipeline, i, t, tensors):
+                self.steps.append(i)
+                on_step(i)
+                return batchers_callback(pipeline, i, t, tensors)
+
+            kwargs["callback_on_step_end"] = callback
             self.outputs.append(original(pipe, labels, **kwargs))
             return self.outputs[-1]
 
@@ -67,13 +78,13 @@ class Recorder:
         self.finished.append(request)
         return out
 
-    def submit_together(self, requests):
-        """Submit while the worker is busy, so that all of them wait together."""
+    def submit_together(self, requests, stops=None):
+        """Submit while the worker is busy, so that all of them wait together (with their stop events, if given)."""
         busy = threading.Event()
         self.batcher.background(lambda: busy.set() or self.release.wait())
         # A worker that had not yet taken the task would take the first request alone (requests go first).
         assert busy.wait(60)
-        jobs = [self.batcher.submit(r) for r in requests]
+        jobs = [self.batcher.submit(r, stop) for r, stop in zip(requests, stops or [None] * len(requests))]
         self.release.set()
         return jobs
 
@@ -113,21 +124,35 @@ def test_requests_share_only_with_the_same_settings_and_up_to_the_run_capacity(p
 
 
 def test_a_stopped_request_leaves_and_a_run_everyone_left_stops_early(pipe):
+    # Stopped while it waits: set before the worker is free (a run of a few steps may end before a later stop).
+    stopped = threading.Event()
+    stopped.set()
     recorder = Recorder(pipe)
-    jobs = recorder.submit_together([request([0]), request([1])])
-    jobs[0].stop.set()
+    jobs = recorder.submit_together([request([0]), request([1])], stops=[stopped, None])
     with pytest.raises(batching.Stopped, match="stopped before the last step"):
         jobs[0].result()
     assert jobs[1].result().images.shape == (1, 16, 16, 3)
 
-    job = recorder.batcher.submit(request([0], num_inference_steps=200))
-    while job.take_preview() is None:
-        job.finished.wait(0.01)
-    job.stop.set()
+    # Stopped while its run samples: during the first step, which is then the run's last.
+    stop = threading.Event()
+    recorder = Recorder(pipe, on_step=lambda i: stop.set())
+    job = recorder.batcher.submit(request([0], num_inference_steps=200), stop)
     with pytest.raises(batching.Stopped):
         job.result()
     recorder.batcher.submit(request([1])).result()  # the worker is free again
-    assert len(recorder.outputs[-2].branches.timesteps) < 200
+    assert len(recorder.outputs[-2].branches.timesteps) == 1
+
+
+def test_heuns_previews_count_steps_not_model_evaluations(tiny_pixel_model):
+    """Heun evaluates the model twice per step: its run still reports steps 0..STEPS-1, one each, and the trace
+    behind its panel has one entry per step."""
+    pipe = DiMRPipeline(tiny_pixel_model, scheduler=make_scheduler("heun"))
+    pipe.set_progress_bar_config(disable=True)
+    recorder = Recorder(pipe)
+    job = recorder.batcher.submit(request([0, 1], sampler="heun"))
+    out = job.result()
+    assert recorder.steps == list(range(STEPS)) and job.take_preview()[0] == STEPS - 1
+    assert len(out.branches.timesteps) == STEPS
 
 
 def test_a_failed_load_reaches_its_requester_and_the_worker_goes_on(pipe):
@@ -182,6 +207,35 @@ def test_warm_up_loads_and_runs_every_network_batch_a_run_can_make_once(tiny_pix
     assert len(batching.warm_up_batches()) == len(sizes)
 
 
+def test_after_warm_up_the_default_request_captures_no_graph(pipe, monkeypatch):
+    """Every shape the warm-up runs keeps its CUDA graph, so a request shaped as the page's default (its model's
+    showcase classes, one image each, guided) replays graphs only."""
+    captures = []
+
+    class CountingGraph:
+        """A CUDA graph's stand-in on the CPU: counts captures and runs the network when replayed."""
+
+        supports = staticmethod(lambda sample: True)
+
+        def __init__(self, forward, sample, timestep, class_labels):
+            captures.append(len(sample))
+            self.forward = forward
+
+        def __call__(self, sample, timestep, class_labels):
+            return self.forward(sample, timestep, class_labels)
+
+    monkeypatch.setattr(acceleration, "_Graph", CountingGraph)
+    pipe.network = acceleration.fast_network(pipe.model, compile=False)
+    for images, guided in batching.warm_up_batches():
+        batching.run_shape(lambda: pipe, images, guided)
+    assert len(captures) == len(batching.warm_up_batches())
+    default = Request.check(model="tiny-dimr", classes=catalogue.default_classes("tiny-dimr"))
+    shaped_so = request([0] * len(default.labels), guidance_scale=default.guidance_scale)
+    batcher = batching.Batcher(load=lambda r: pipe, branch_steps=lambda p, steps: [steps - 1], finish=output)
+    batcher.submit(shaped_so).result()
+    assert len(captures) == len(batching.warm_up_batches())
+
+
 def test_a_pipeline_that_is_not_compiled_is_only_loaded(pipe):
     loaded = threading.Event()
     batching.Batcher(load=None, branch_steps=None, finish=None).warm_up(lambda: loaded.set() or pipe)
@@ -214,16 +268,23 @@ def test_a_request_stopped_before_its_turn_is_neither_loaded_nor_run(pipe, caplo
 
 
 def test_a_request_equal_to_one_being_sampled_joins_its_run(pipe):
-    recorder = Recorder(pipe)
+    # The run waits in its second step until the other requests are in, so it is under way when they come.
+    under_way, submitted = threading.Event(), threading.Event()
+
+    def hold(i):
+        if i == 1:
+            under_way.set()
+            assert submitted.wait(60)
+
+    recorder = Recorder(pipe, on_step=hold)
     first = recorder.batcher.submit(request([0, 1], num_inference_steps=100, seed=2))
-    while first.take_preview() is None:  # the run is under way
-        first.finished.wait(0.01)
+    assert under_way.wait(60)
     equal = recorder.batcher.submit(request([0, 1], num_inference_steps=100, seed=2))
     other = recorder.batcher.submit(request([0, 1], num_inference_steps=100, seed=3))
+    submitted.set()
     assert equal.run is first.run and other.run is None
-    while equal.take_preview() is None:  # a joined request gets the run's previews from its next step on
-        equal.finished.wait(0.01)
     np.testing.assert_array_equal(equal.result().images, first.result().images)
+    assert equal.take_preview()[0] == 99, "a joined request gets the run's previews"
     other.result()
     assert recorder.runs == [[0, 1], [0, 1]], "the equal request was sampled with the first, the other on its own"
     assert recorder.finished == [request([0, 1], num_inference_steps=100, seed=2),

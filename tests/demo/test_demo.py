@@ -99,6 +99,24 @@ def test_requests_are_built_by_keyword_and_start_at_each_models_defaults(latent_
     assert catalogue.default_steps(latent_model) == 50 and catalogue.default_steps("tiny-baseline") == 25
 
 
+def test_the_step_limit_counts_model_evaluations_and_names_the_most_steps_a_sampler_may_take():
+    Request.check(model="tiny-dimr", classes=["ring"], num_inference_steps=125, sampler="heun")
+    with pytest.raises(ValueError, match=r"126 steps of heun run the model 251 times; the demo runs it at most 250 "
+                                         r"times per request: use at most 125 steps with heun"):
+        Request.check(model="tiny-dimr", classes=["ring"], num_inference_steps=126, sampler="heun")
+
+
+def test_heuns_branch_panel_after_the_last_step_shows_the_final_image():
+    """Heun runs two model evaluations per step: the panel after step 4 of 4 is the estimate its final image comes
+    from, not that of the fourth evaluation (half-way)."""
+    request = Request.check(model="tiny-dimr", classes=["ring", "star"], num_inference_steps=4, sampler="heun")
+    generation = list(serving.stream(request))[-1]
+    assert generation.panel_steps == [1, 2, 3, 4]
+    assert generation.panel_note(4) == "Branch panel after step 4 of 4."
+    last_branch = generation.branch_images[-1, -1].astype(int)
+    assert np.abs(last_branch - generation.images).max() <= 1
+
+
 @pytest.mark.parametrize("sampler", [["dpm++2m"], {"name": "dpm++2m"}])
 def test_a_sampler_that_is_not_one_name_is_refused_by_name(sampler):
     with pytest.raises(ValueError, match=r"sampler must be one name, one of dpm-solver-3s, .*; got (list|dict)"):

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -75,18 +74,32 @@ def test_another_batch_size_moves_pixels_by_at_most_one_level(one_process, tmp_p
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
 
 
+# `dimr evaluate` (argv[1:]) that kills itself (SIGKILL) as soon as its first block is written: a kill at a known
+# point, however fast or slow the machine samples.
+KILLED_AFTER_ITS_FIRST_BLOCK = """
+import os, signal, sys
+from dimr.__main__ import main
+from dimr.evaluation import evaluate
+
+write_shard = evaluate.write_shard
+
+def write_then_die(*args):
+    write_shard(*args)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+evaluate.write_shard = write_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_killed_run_resumes_to_the_same_file(one_process, tmp_path):
     out = tmp_path / "killed.npz"
     shards = tmp_path / "killed.shards"
-    job = subprocess.Popen(evaluate_command(out), env={**os.environ, "OMP_NUM_THREADS": "1"},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(shards.glob("block-*.npz")) and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    job.send_signal(signal.SIGKILL)
-    job.wait()
+    python, _, _, *arguments = evaluate_command(out)  # python -m dimr evaluate ...
+    killed = run([python, "-c", KILLED_AFTER_ITS_FIRST_BLOCK, *arguments])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     finished = len(list(shards.glob("block-*.npz")))
-    assert 1 <= finished < SAMPLES // BATCH and not out.exists()
+    assert finished == 1 and not out.exists()
 
     done = run(evaluate_command(out))
     assert done.returncode == 0, done.stderr
@@ -123,10 +136,19 @@ def test_a_bad_argument_is_refused_before_sampling(tmp_path, capsys, change, mes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no job started
 
 
-def test_torchrun_refuses_a_bad_argument_in_every_process_before_sampling(tmp_path):
-    done = run([*evaluate_command(tmp_path / "out.npz", processes=2), "--samples", "0"])
-    assert done.returncode != 0
-    assert done.stderr.count("error: --samples must be at least 1, got 0") == 2  # one line from each process
+def test_every_process_of_a_torchrun_job_refuses_a_bad_argument_before_joining_the_others(tmp_path):
+    """Both ranks started as torchrun starts them, but each on its own: under torchrun the first to fail has the
+    launcher stop the other, maybe before it spoke. A rank past the check would wait for its peer in vain (or, with
+    both past it, sample); each must refuse at once."""
+    python, *arguments = evaluate_command(tmp_path / "out.npz")
+    ranks = [subprocess.Popen([python, *arguments, "--samples", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank),
+                                              "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                              "MASTER_PORT": "29517"})
+             for rank in (0, 1)]
+    for rank in ranks:
+        _, stderr = rank.communicate(timeout=600)
+        assert rank.returncode == 2 and "error: --samples must be at least 1, got 0" in stderr, stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,11 +3,17 @@ reproducing the lab's pair with one command."""
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from conftest import ROOT
 
 from dimr.__main__ import main
 from dimr.lab.objective import (
@@ -18,6 +24,7 @@ from dimr.lab.objective import (
     sample_timesteps,
     snr_weights,
 )
+from dimr.lab.reproduce import steps_done
 from dimr.lab.shapes import CLASS_NAMES
 from dimr.lab.train import Trainer, train
 from dimr.lab.train_config import load_config, model_cost, prepare_config
@@ -183,6 +190,88 @@ def test_resume_continues_from_the_saved_step_exactly(tmp_path):
         assert torch.equal(a, b), name
 
 
+SWAP_POINTS = {"while the new one is written": 2, "after the old one moved away": 4, "after the new one moved in": 4,
+               "while the old one is removed": 4}  # where a kill lands -> the step a resumed run starts from
+# For each {point: run dir} of argv[1], a `dimr train` process (argv[2:] --run-dir DIR), forked from this one so
+# that the imports are paid once, killed (SIGKILL) at that point of its second checkpoint save, the first that
+# replaces a checkpoint. Prints {point: the signal that ended it}.
+KILL_DURING_A_SWAP = """
+import json, os, pathlib, shutil, signal, sys, torch
+from dimr.__main__ import main
+
+rename, rmtree, save = pathlib.Path.rename, shutil.rmtree, torch.save
+runs, command = json.loads(sys.argv[1]), sys.argv[2:]
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def train_until_killed(point, run_dir):
+    def saving(obj, path):  # the optimizer state: written after the weights, before state.json
+        save(obj, path)
+        if point == "while the new one is written" and (pathlib.Path(path).parent.parent / "checkpoint").exists():
+            kill()
+
+    def renaming(source, target):
+        moved = rename(source, target)
+        if (point, source.name) == ("after the old one moved away", "checkpoint") or (
+                point, target.name) == ("after the new one moved in", "checkpoint"):
+            kill()
+        return moved
+
+    def removing(path, **kwargs):
+        if point == "while the old one is removed":
+            (path / "model.safetensors").unlink()
+            kill()
+        rmtree(path, **kwargs)
+
+    torch.save, pathlib.Path.rename, shutil.rmtree = saving, renaming, removing
+    main([*command, "--run-dir", run_dir])
+    os._exit(0)
+
+ended_by = {}
+for point, run_dir in runs.items():
+    pid = os.fork()
+    if pid == 0:
+        train_until_killed(point, run_dir)
+    status = os.waitpid(pid, 0)[1]
+    ended_by[point] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+print(json.dumps(ended_by))
+"""
+
+
+def train_command(config):
+    return ["train", "--config", str(config), "--device", "cpu", "--threads", "1", "--num-images", "16",
+            "--batch-size", "4", "--max-steps", "6", "--log-every", "2", "--checkpoint-minutes", "0", "--export",
+            "none", "--no-progress", "--resume"]
+
+
+@pytest.fixture(scope="module")
+def killed_during_swaps(tmp_path_factory):
+    """{point: run dir} of runs whose `dimr train` was killed at each of SWAP_POINTS."""
+    tmp = tmp_path_factory.mktemp("killed")
+    config = tmp / "tiny.json"
+    config.write_text(json.dumps({**tiny_config(), "name": "tiny-test"}))
+    runs = {point: str(tmp / f"run{n}") for n, point in enumerate(SWAP_POINTS)}
+    done = subprocess.run([sys.executable, "-c", KILL_DURING_A_SWAP, json.dumps(runs), *train_command(config)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {point: signal.SIGKILL for point in runs}, done.stdout
+    return config, runs
+
+
+@pytest.mark.parametrize("point", SWAP_POINTS)
+def test_a_kill_during_a_checkpoint_swap_resumes_from_the_newest_whole_checkpoint(killed_during_swaps, capsys,
+                                                                                  point):
+    """Checkpoints at steps 2 and 4; a `dimr train` killed during the swap at step 4 resumes at 4, or at 2 when step
+    4's checkpoint was not yet whole, and trains on to its last step with nothing left beside its checkpoint."""
+    config, runs = killed_during_swaps
+    run = Path(runs[point])
+    assert main([*train_command(config), "--run-dir", str(run)]) == 0
+    assert f"resumed {run} at step {SWAP_POINTS[point]}" in capsys.readouterr().out
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 6
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "config.json", "log.jsonl"]
+
+
 def test_resume_refuses_a_run_with_another_model(tmp_path):
     train(tiny_config(), tmp_path, max_steps=1, progress=False)
     other = tiny_config()
@@ -206,6 +295,16 @@ def test_runs_in_lockstep_stop_at_the_same_step(tmp_path):
     for w in workers:
         w.join()
     assert results["tiny-test"] == results["tiny-test-b"] > 0
+
+
+def test_a_stop_step_left_by_an_earlier_lockstep_session_does_not_end_the_next(tmp_path):
+    config, sync = tiny_config(), tmp_path / "sync"
+    # Out of time at once: the session agrees on stop step 4 (two log intervals on) and ends there.
+    first = train(config, tmp_path / "run", max_steps=8, max_minutes=0, sync_dir=sync, log_every=2, progress=False)
+    assert first.step == 4 and json.loads((sync / "stop.json").read_text())["step"] == 4
+    second = train(config, tmp_path / "run", max_steps=8, max_minutes=60, resume=True, sync_dir=sync, log_every=2,
+                   progress=False)
+    assert second.step == 8
 
 
 def test_export_is_a_loadable_pixel_space_model_with_class_names(tmp_path):
@@ -312,6 +411,14 @@ def test_reproduce_trains_both_in_lockstep_measures_them_and_keeps_the_bundled_m
     weights = (tmp_path / "out" / "pair-a" / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     assert main(command) == 0
     assert (tmp_path / "out" / "pair-a" / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_reproduce_reads_the_step_of_complete_log_lines_only(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 10, "loss": 0.5}\n{"step": 2')  # the trainer is half-way through a line
+    assert steps_done(tmp_path) == 10
+    log.write_text('{"st')
+    assert steps_done(tmp_path) == 0
 
 
 def test_install_is_refused_for_models_that_are_not_the_bundled_pair(tmp_path, capsys):

@@ -1,7 +1,5 @@
 """load_pipeline / load_vae: local directories, bundled names, the module cache, and clear offline errors."""
 
-import time
-
 import huggingface_hub.constants
 import pytest
 import torch
@@ -99,19 +97,17 @@ def test_a_missing_bundled_model_says_how_to_get_it(monkeypatch, tmp_path):
         load_pipeline("tiny-dimr", device="cpu")
 
 
-def test_offline_the_released_model_fails_at_once_with_what_to_do():
-    start = time.monotonic()
+def test_offline_the_released_model_fails_at_once_with_what_to_do(waits):
     with pytest.raises(CheckpointError) as err:
         load_pipeline("DiMR-XL/2R", device="cpu")
-    assert time.monotonic() - start < 5
+    assert waits == []
     assert "python -m dimr convert DiMR-XL_2R_800epochs.pth --variant DiMR-XL/2R" in str(err.value)
 
 
-def test_offline_the_hub_vae_fails_at_once_with_what_to_do():
-    start = time.monotonic()
+def test_offline_the_hub_vae_fails_at_once_with_what_to_do(waits):
     with pytest.raises(CheckpointError) as err:
         load_vae("stabilityai/sd-vae-ft-ema")
-    assert time.monotonic() - start < 5
+    assert waits == []
     assert "not in the Hugging Face cache" in str(err.value) and "local VAE directory or weights file" in str(err.value)
 
 

@@ -1,8 +1,10 @@
 """DiMRPipeline: official-quality sampling, guidance, determinism, per-branch traces, and clear input errors."""
 
 import math
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dimr import DiMRPipeline
-from dimr.sampling.pipeline import SAMPLERS, branch_x0, guidance_weights, make_scheduler
+from dimr import DiMRPipeline, load_pipeline
+from dimr.sampling.pipeline import SAMPLERS, branch_x0, guidance_weights, make_scheduler, model_evaluations
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
 
@@ -254,6 +256,46 @@ def test_every_named_sampler_produces_a_sample(two_branch, name):
     pipe = quiet(DiMRPipeline(two_branch.model(), vae=None, scheduler=make_scheduler(name)))
     out = pipe([1, 5], num_inference_steps=4, output_type="latent").images
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_traces_one_entry_per_step_and_its_last_is_the_final_image(name):
+    """Heun evaluates the network twice per step (2N - 1 times in all): the trace, the callback and the progress bar
+    still count N steps, each entry the estimate of its step's last evaluation, and `model_evaluations` counts the
+    network's calls."""
+    pipe = quiet(load_pipeline("tiny-dimr", sampler=name))
+    calls, steps_seen = [], []
+    pipe.network = lambda *args: calls.append(1) or pipe.model.forward_branches(*args)
+    out = pipe(["ring", "star", "square"], num_inference_steps=6, generator=torch.Generator().manual_seed(0),
+               output_type="np", return_branches=True, branch_steps=[-1],
+               callback_on_step_end=lambda p, i, t, tensors: steps_seen.append(i) or {})
+    assert len(out.branches.timesteps) == 6 and out.branches.x0_pred[-1].shape[0] == 6
+    assert steps_seen == list(range(6))
+    assert len(calls) == model_evaluations(name, 6) == (11 if name == "heun" else 6)
+    final, last = (np.round(255 * images) for images in (out.images, out.branches.images[-1][-1]))
+    # Heun ends at sigma 0, so its last estimate is its final image; the others end at t = 1/1000 (sigma 0.029, the
+    # official endpoint), whose noise stays in the final image: about 3/255 on average.
+    assert np.abs(final - last).mean() <= (0.5 if name == "heun" else 4)
+
+
+def test_docs_say_where_each_sampler_evaluates_and_ends():
+    """docs/sampling.md's sampler table: per sampler, its model evaluations for N steps, its last evaluation's
+    timestep index and the sigma its last step ends at, as the schedulers have them (here at N = 10)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "sampling.md").read_text()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| `")]
+    documented = {}
+    for names, _, evaluations, last, end in rows:
+        for name in re.findall(r"`([^`]+)`", names):
+            documented[name] = (evaluations.strip(), last.strip(), float(re.match(r" *([0-9.]+)", end)[1]))
+    assert sorted(documented) == sorted(SAMPLERS)
+    for name, (evaluations, last, end) in documented.items():
+        scheduler = make_scheduler(name)
+        scheduler.set_timesteps(10)
+        final_abar = getattr(scheduler, "final_alpha_cumprod", None)  # DDIM keeps no sigmas
+        final_sigma = ((1 - final_abar) / final_abar) ** 0.5 if final_abar is not None else scheduler.sigmas[-1]
+        assert model_evaluations(name, 10) == eval(evaluations.replace("2N", "2 * N"), {"N": 10}), name
+        assert scheduler.timesteps[-1] == eval(last.removeprefix("k = "), {"N": 10}), name
+        assert float(final_sigma) == pytest.approx(end, abs=5e-4), name
 
 
 def test_callback_can_replace_latents_and_see_branch_predictions(latent_pipe):
