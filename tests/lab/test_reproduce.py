@@ -80,10 +80,10 @@ def test_the_gpu_lab_script_trains_measures_and_packs_a_pair_within_its_budget_o
         path.write_text(json.dumps({**tiny_config(), "name": name}))
         configs.append(str(path))
     env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "RUN": str(tmp_path / "run"),
-           "MEASURE_MINUTES": "0.95", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", "scripts/gpu_lab.sh", str(tmp_path / "out"), "1", "--configs", *configs,
+           "MEASURE_MINUTES": "2.95", "OMP_NUM_THREADS": "1"}  # 3 s of training
+    done = subprocess.run(["bash", "scripts/gpu_lab.sh", str(tmp_path / "out"), "3", "--configs", *configs,
                            "--samples", "10", "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     steps = set()
     for name in ("pair-a", "pair-b"):
@@ -99,8 +99,8 @@ def test_the_gpu_lab_script_trains_measures_and_packs_a_pair_within_its_budget_o
     # Run again over the same run folder: a pair that spent its budget is neither trained nor measured again.
     weights = tmp_path / "run" / "pair-a" / "model" / "diffusion_pytorch_model.safetensors"
     before = weights.stat().st_mtime_ns
-    again = subprocess.run(["bash", "scripts/gpu_lab.sh", str(tmp_path / "again"), "1", "--configs", *configs,
+    again = subprocess.run(["bash", "scripts/gpu_lab.sh", str(tmp_path / "again"), "3", "--configs", *configs,
                             "--samples", "10", "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
+                           timeout=400)
     assert again.returncode == 0, again.stderr[-2000:]
     assert weights.stat().st_mtime_ns == before and (tmp_path / "again" / "pair-a.tar").is_file()
