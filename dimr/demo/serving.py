@@ -28,6 +28,7 @@ from dimr.sampling.pipeline import DEFAULT_SAMPLER
 PREVIEW_INTERVAL_S = 0.4
 
 _batcher = None
+_loaded = set()  # models `load` has loaded (dimr.sampling.caches keeps their weights)
 _batcher_lock = threading.Lock()
 
 
@@ -49,22 +50,22 @@ def acceleration_mode():
 
 
 class ModelUnavailable(ValueError):
-    """A model cannot be loaded on this server; the message says so to a visitor, then what the operator must do."""
+    """A model cannot be loaded on this server. The message is for a visitor: what is missing and what works instead,
+    no command and no path of this machine; `operator` says what the operator must do (the server's log)."""
 
-
-def unavailable(missing):
-    """A ModelUnavailable for models this server lacks and cannot download now; missing: {what: how to install it}
-    (dimr.sampling.loading.missing_parts), each named with what the operator must do."""
-    one = len(missing) == 1
-    return ModelUnavailable(f"{listed(missing)} {'is' if one else 'are'} not installed on this server, and it cannot "
-                            f"download {'it' if one else 'them'} now (the Hugging Face hub cannot be reached, or "
-                            f"HF_HUB_OFFLINE is set); {listed(BUNDLED)} work meanwhile. What the operator of this demo "
-                            f"must do:\n{how_list(missing)}")
+    def __init__(self, message, operator):
+        super().__init__(message)
+        self.operator = operator
 
 
 def how_list(missing):
     """'- what: how' per line, for {what: how to install it}."""
     return "\n".join(f"- {what}: {how}" for what, how in missing.items())
+
+
+def counted(number, noun):
+    """'1 step', '25 steps'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def listed(names):
@@ -79,10 +80,15 @@ def load(model_name, sampler=DEFAULT_SAMPLER):
     try:
         pipe = load_pipeline(model_name, device=device(), torch_dtype=mode_dtype(mode), sampler=sampler)
     except CheckpointError as err:
-        raise ModelUnavailable(f"{model_name} is not available on this server right now (its weights are not "
-                               f"installed here); {listed(BUNDLED)} work meanwhile. What the operator of this demo "
-                               f"must do: {err}") from err
+        raise ModelUnavailable(f"{model_name} is not available on this server right now; {listed(BUNDLED)} work "
+                               f"meanwhile.", str(err)) from err
+    _loaded.add(model_name)
     return accelerate_pipeline(pipe, mode)
+
+
+def is_loaded(model_name):
+    """True once `load` has loaded a model's weights in this process: its next use loads nothing."""
+    return model_name in _loaded
 
 
 def batcher():
@@ -182,5 +188,5 @@ def describe(generation):
     r = generation.request
     guidance = f"guidance {r.guidance_scale:g} ({r.guidance_schedule}" + (
         f", power {r.guidance_power:g})" if r.guidance_schedule == "power-cosine" else ")")
-    return (f"{r.model}: {len(generation.captions)} images, {r.num_inference_steps} steps of {r.sampler}, {guidance}, "
-            f"seed {r.seed}, {generation.seconds:.1f} s on {device()}")
+    return (f"{r.model}: {len(generation.captions)} images, {counted(r.num_inference_steps, 'step')} of {r.sampler}, "
+            f"{guidance}, seed {r.seed}, {generation.seconds:.1f} s on {device()}")
