@@ -1,9 +1,6 @@
 """The DiMR demo: pick a model, classes, guidance and steps; see the samples, real shapes beside them, what every
-resolution branch predicts, and how often the tiny DiMR and a single-transformer baseline distort.
-
-UI only, one function per tab, each tab with the settings it uses; the package does the work. `python app.py` serves
-on 127.0.0.1:7860 (settings: docs/serving.md); the main actions are also the API endpoints `/generate`, `/compare`
-and `/compare_imagenet`.
+resolution branch predicts, and how often the tiny DiMR and a single-transformer baseline distort. UI only, one function per tab, each tab with the settings it uses; the package does the work. `python app.py` serves
+on 127.0.0.1:7860 (docs/serving.md); the main actions are also the API's `/generate`, `/compare`, `/compare_imagenet`.
 """
 
 import inspect
@@ -16,9 +13,9 @@ from gradio.utils import get_upload_folder
 
 from dimr.demo import catalogue, imagenet_compare, limits, panel_film, serving, shapes_lab
 from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME
-from dimr.demo.panel import CHANGES, ESTIMATES, Generation
+from dimr.demo.panel import CHANGES, ESTIMATES, STEP_LABEL
 from dimr.demo.png_files import png_file
-from dimr.demo.refusals import Refusals, page_message
+from dimr.demo.refusals import Refusals
 from dimr.demo.request import Request
 from dimr.demo.zero_gpu import on_gpu
 from dimr.sampling.pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
@@ -42,7 +39,7 @@ IMAGENET_EVENTS = dict(concurrency_id="imagenet", concurrency_limit=1)
 # gr.skip for non-State outputs: Gradio 6.31 keeps a component per such update in the session's config, so a
 # long-lived client session grew with every request. Layout updates run in browser-only events.
 REFUSALS = Refusals()  # each browser session's last refused request, for its status line
-PANEL_STEP = "Panel step"  # the step slider's label, which its refusals name
+UPLOADS = Path(get_upload_folder()) / "dimr"  # the page's files, in Gradio's cache
 
 
 def checked(visitor, fn, *args, **kwargs):
@@ -59,22 +56,13 @@ def checked(visitor, fn, *args, **kwargs):
         raise gr.Error(message, title="Cannot run", visible=visitor is None, print_exception=False) from None
 
 
-def refused(labels):
-    """A tab's failure handler: the status line says why a run was refused, naming a control as the page labels it
-    (labels: argument name -> label); the last good results stay in place."""
-    def status(visitor: gr.Request = None):
-        error = REFUSALS.pop(visitor.session_hash, None)
-        return f"**Could not run:** {page_message(error, labels) if error else 'the server failed; please try again.'}"
-    return status
-
-
-def labels_of(components):
-    return {name: component.label for name, component in components.items() if getattr(component, "label", None)}
-
-
-def slider(low, high, info="", **options):
-    """A slider that shows its range (a student should not learn it by being refused)."""
-    return gr.Slider(low, high, info=f"{low:g} to {high:g}" + (f"; {info}" if info else ""), buttons=[], **options)
+def refused(components):
+    """A tab's failure handler: the status line says why, naming a control as the page labels it (components: the
+    tab's controls by argument name); the last good results stay in place."""
+    labels = {name: component.label for name, component in components.items() if getattr(component, "label", None)}
+    def status_line(visitor: gr.Request = None):
+        return REFUSALS.status_line(visitor.session_hash, labels)
+    return status_line
 
 
 def on(trigger, fn, components, outputs, **options):
@@ -86,8 +74,7 @@ def on(trigger, fn, components, outputs, **options):
 
 def as_files(captioned_images):
     """Captioned PIL images as captioned PNG files in Gradio's cache (dimr.demo.png_files: once per content)."""
-    folder = Path(get_upload_folder()) / "dimr"
-    return [(png_file(image, folder), caption) for image, caption in captioned_images]
+    return [(png_file(image, UPLOADS), caption) for image, caption in captioned_images]
 
 
 def controls(arguments):
@@ -100,14 +87,9 @@ def text(name, **values):
     return (ROOT / "assets" / "text" / f"{name}.md").read_text().format(**values)
 
 
-def sample(request, progress, visitor):
-    """Yield serving.Progress while sampling, then the Generation; says "Loading" only while the model loads."""
-    if not serving.is_loaded(request.model):
-        progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
-    updates = checked(visitor, serving.stream, request)
+def checked_stream(visitor, updates):
+    """Each update of a generator, its refusals handled as in `checked`."""
     while (update := checked(visitor, next, updates, None)) is not None:
-        if isinstance(update, serving.Progress):
-            progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
         yield update
 
 
@@ -115,17 +97,17 @@ def sampling_settings(model, prefix=""):
     """The sampling controls of a tab (guidance, its schedule, steps, sampler, seed), starting at a model's settings;
     returns them by the request's parameter names. `prefix`: the tab's prefix for element ids."""
     gr.Markdown("### Sampling")
-    c = dict(guidance_scale=slider(0, limits.MAX_GUIDANCE, value=catalogue.default_guidance(model), step=0.1,
-                                   label="Guidance scale", elem_id=f"{prefix}guidance", info="1 = no guidance; "
-                                   "starts at the paper's 1.4 for ImageNet models, 3 for the shapes models"))
+    c = dict(guidance_scale=gr.Slider(0, limits.MAX_GUIDANCE, value=catalogue.default_guidance(model), step=0.1,
+                                      label="Guidance scale", elem_id=f"{prefix}guidance", info="1 = no guidance; "
+                                      "starts at the paper's 1.4 for ImageNet models, 3 for the shapes models"))
     with gr.Row():
         c["guidance_schedule"] = gr.Radio(list(GUIDANCE_SCHEDULES), value="constant", label="Guidance schedule",
                                           info="power-cosine rises from 1 at pure noise to the scale", min_width=200)
-        c["guidance_power"] = slider(limits.MIN_GUIDANCE_POWER, limits.MAX_GUIDANCE_POWER, value=1.0, step=0.1,
-                                     label="Power", info="of power-cosine", interactive=False, min_width=160,
-                                     elem_id=f"{prefix}power")
-    c["num_inference_steps"] = slider(1, limits.MAX_STEPS, value=catalogue.default_steps(model), step=1,
-                                      label="Steps", info="model evaluations", elem_id=f"{prefix}steps")
+        c["guidance_power"] = gr.Slider(limits.MIN_GUIDANCE_POWER, limits.MAX_GUIDANCE_POWER, value=1.0, step=0.1,
+                                        label="Power", info="of power-cosine", interactive=False, min_width=160,
+                                        elem_id=f"{prefix}power")
+    c["num_inference_steps"] = gr.Slider(1, limits.MAX_STEPS, value=catalogue.default_steps(model), step=1,
+                                         label="Steps", info="model evaluations", elem_id=f"{prefix}steps")
     with gr.Row():
         c["sampler"] = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", min_width=180)
         c["seed"] = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED, label="Seed", min_width=140,
@@ -153,10 +135,9 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
     """Sample images_per_class images of each class. Returns the samples, the branch panel after the last step (per
     image: each branch's estimate, lowest resolution first, then the final image), its step, and a status line."""
     request = checked(visitor, Request.check, **controls(locals()))
-    for update in sample(request, progress, visitor):
-        if isinstance(update, serving.Progress):  # the panel of the previous run is cleared: it will be this one's
-            yield as_files(update.gallery()), [], request.num_inference_steps, f"Sampling with {request.model}…", \
-                gr.skip()
+    for update in checked_stream(visitor, serving.reported(request, progress)):
+        if isinstance(update, serving.Progress):  # the previous run's panel goes: the panel will be this one's
+            yield as_files(update.gallery()), [], request.num_inference_steps, f"Sampling with {request.model}…", None
         else:
             yield (as_files(shapes_lab.final_gallery(update)), as_files(update.branch_panel()),
                    request.num_inference_steps, serving.describe(update), update)
@@ -164,17 +145,14 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
 
 def fit_panel(generation, panel_view):
     """After a run: the panel in the chosen view and columns, the step slider (none for a single step), its note,
-    the real shapes (shapes models), the samples a strip can show, and no film yet (the player asks for it)."""
+    the real shapes (shapes models), and no film or files yet (made when asked for)."""
     steps = generation.request.num_inference_steps
     references = as_files(shapes_lab.reference_gallery(generation.request))
     # The run's answer holds the panel's estimates already; another view is made here.
     panel = {} if panel_view == ESTIMATES else dict(value=as_files(generation.branch_panel(view=panel_view)))
-    samples = [(f"{k + 1}: {caption}", k) for k, caption in enumerate(generation.captions)]
     return (gr.update(**panel, columns=generation.columns),
-            gr.update(maximum=max(steps, 2), value=steps, interactive=steps > 1, visible=steps > 1,
-                      info=f"1 to {steps}; nothing is sampled again"),
-            generation.panel_note(steps, panel_view), gr.update(value=references, visible=bool(references)),
-            gr.update(choices=samples, value=0), [], None)
+            gr.update(maximum=max(steps, 2), value=steps, interactive=steps > 1, visible=steps > 1),
+            generation.panel_note(steps, panel_view), gr.update(value=references, visible=bool(references)), [], None)
 
 
 def show_step(generation, panel_step, panel_view):
@@ -182,22 +160,17 @@ def show_step(generation, panel_step, panel_view):
     this run does not have is refused in the panel's note."""
     if generation is None:  # nothing generated yet: the panel stays empty
         return gr.skip(), gr.skip()
-    if refusal := generation.step_refusal(panel_step, PANEL_STEP):
+    if refusal := generation.step_refusal(panel_step):
         return gr.skip(), refusal
     return as_files(generation.branch_panel(panel_step, panel_view)), generation.panel_note(panel_step, panel_view)
 
 
-def film(generation, panel_view):
-    """The panel after each step as one small frame per step, captioned with its step: sent once per run and view,
-    then played in the browser (assets/app.js) without asking the server again."""
-    return [] if generation is None else as_files((frame, str(step))
-                                                  for step, frame in panel_film.frames(generation, panel_view))
-
-
-def panel_downloads(generation, panel_view, strip_sample):
-    """For slides: the panel over its steps as an animated GIF, and one sample across its steps as a PNG strip."""
-    return None if generation is None else panel_film.download_files(generation, panel_view, strip_sample,
-                                                                     Path(get_upload_folder()) / "dimr")
+def film(generation, panel_view, film):
+    """The panel after each step, one small frame each captioned with its step: sent once per run and view (Play
+    asks; a run or another view clears it), then played in the browser (assets/app.js) without the server."""
+    if film or generation is None:
+        return gr.skip()
+    return as_files((frame, str(step)) for step, frame in panel_film.frames(generation, panel_view))
 
 
 def generate_tab():
@@ -211,8 +184,8 @@ def generate_tab():
                      generation=gr.State(time_to_live=3600))
             c["classes"] = gr.Dropdown(**catalogue.class_picker(model, catalogue.default_classes(model)),
                                        multiselect=True, allow_custom_value=True, elem_id="classes")
-            c["images_per_class"] = slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
-                                           elem_id="images-per-class")
+            c["images_per_class"] = gr.Slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
+                                              elem_id="images-per-class")
             with gr.Row(equal_height=True):
                 button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=3, min_width=160)
                 random_classes = gr.Button("Random classes", size="sm", min_width=130)
@@ -227,18 +200,13 @@ def generate_tab():
                 c["panel_view"] = gr.Radio(views, value=ESTIMATES, label="Branch panel shows", elem_id="panel-view")
                 with gr.Row(equal_height=True):
                     c["panel_step"] = gr.Slider(1, 25, value=25, step=1, interactive=False, elem_id="panel-step",
-                                                label=PANEL_STEP)
-                    # assets/app.js plays the panel from `film`, fetched once through a button of its own.
-                    gr.Button("▶ Play", elem_id="panel-play", size="sm", scale=0, min_width=90)
+                                                label=STEP_LABEL)
+                    play = gr.Button("▶ Play", elem_id="panel-play", size="sm", scale=0, min_width=90)
                 c["panel_note"] = gr.Markdown("", elem_id="panel-note")
             c["panel"] = gr.Gallery(label="What each branch predicts", columns=4, elem_id="branch-panel", **GALLERY)
             c["film"] = gr.Gallery(visible="hidden", elem_id="panel-film", format="png")
-            film_button = gr.Button("film", visible="hidden", elem_id="panel-film-button")
             with gr.Accordion("Download for slides", open=False, elem_id="panel-slides"):
-                with gr.Row(equal_height=True):
-                    c["strip_sample"] = gr.Dropdown([], label="Strip of sample", elem_id="strip-sample",
-                                                    min_width=160)
-                    make = gr.Button("Make animation (GIF) and strip (PNG)", elem_id="make-downloads", min_width=160)
+                make = gr.Button("Make the panel's animation (GIF) and each sample's strip (PNG)", elem_id="make-files")
                 downloads = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Column(elem_classes="tab-sampling"):  # the model's note here: a phone's first screen is for results
             c["model_note"] = gr.Markdown(serving.model_note(model), elem_classes="note")
@@ -248,14 +216,16 @@ def generate_tab():
                    [c["gallery"], c["panel"], c["panel_step"], c["status"], c["generation"]], api_name="generate",
                    preprocess=False, show_progress_on=[c["status"]], **SAMPLING_EVENTS)
     on(generated.success, fit_panel, c, [c["panel"], c["panel_step"], c["panel_note"], c["references"],
-                                         c["strip_sample"], c["film"], downloads], **PANEL_EVENTS)
-    on(generated.failure, refused(labels_of(c)), c, c["status"], **PRIVATE)
+                                         c["film"], downloads], **PANEL_EVENTS)
+    on(generated.failure, refused(c), c, c["status"], **PRIVATE)
     for trigger in (c["panel_step"].input, c["panel_view"].change):
         on(trigger, show_step, c, [c["panel"], c["panel_note"]], trigger_mode="always_last", preprocess=False,
            **PANEL_EVENTS)
     c["panel_view"].change(lambda: ([], None), None, [c["film"], downloads], **PANEL_EVENTS)  # of the other view
-    on(film_button.click, film, c, c["film"], trigger_mode="once", **PANEL_EVENTS)
-    on(make.click, panel_downloads, c, downloads, **PANEL_EVENTS)
+    on(play.click, film, c, c["film"], **PANEL_EVENTS)  # assets/app.js plays it, and pauses
+    on(make.click, lambda generation, panel_view: generation and panel_film.download_files(generation, panel_view,
+                                                                                            UPLOADS), c, downloads,
+       **PANEL_EVENTS)  # for slides: the panel as a GIF, each sample across its steps as a PNG
     on(c["model"].change, on_model_change, c, [c["classes"], c["model_note"], c["guidance_scale"],
                                                 c["num_inference_steps"], c["classes_model"]], **PRIVATE)
     on(random_classes.click, pick_random_classes, c, c["classes"], **PRIVATE)
@@ -264,18 +234,11 @@ def generate_tab():
 @on_gpu
 def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidance_power, num_inference_steps, seed,
             sampler, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):
-    """Sample the tiny DiMR and the single-resolution baseline with the same classes, noise and settings. Returns the
-    pairs, three to a row: the real shape, DiMR's sample and the baseline's from one noise, each captioned with the
-    judge's verdict ('DiMR: ✓ recognised, p 0.97'); and a status line."""
+    """The tiny DiMR and the baseline from the same classes, noise and settings. Returns the pairs, three to a row (the
+    real shape, DiMR's sample, the baseline's; verdicts as 'DiMR: ✓ recognised, p 0.97'), and a status line."""
     requests = checked(visitor, shapes_lab.compare_requests, **controls(locals()))
-    sides, lines = [[], []], []
-    for k, request in enumerate(requests):
-        for update in sample(request, progress, visitor):
-            sides[k] = shapes_lab.compare_side(update)
-            if isinstance(update, Generation):
-                lines.append(f"{serving.describe(update)}; {shapes_lab.verdict_count(update)}")
-            yield (as_files(shapes_lab.compare_pairs(request.labels, *sides)),
-                   "  \n".join(lines) or f"Sampling with {request.model}…")
+    for pairs, status in shapes_lab.compared(requests, lambda request: checked_stream(visitor, serving.reported(request, progress))):
+        yield as_files(pairs), status
 
 
 def compare_tab():
@@ -286,14 +249,12 @@ def compare_tab():
             gr.Markdown(text("compare"))
             c = dict(classes=gr.Dropdown(labels.choices(), value=list(range(len(labels))), multiselect=True,
                                          label="Classes (shapes)", elem_id="compare-classes"))
-            c["images_per_class"] = slider(1, limits.MAX_COMPARE_IMAGES // len(labels), value=3, step=1,
-                                           label="Samples per class", elem_id="compare-per-class")
+            c["images_per_class"] = gr.Slider(1, limits.MAX_COMPARE_IMAGES // len(labels), value=3, step=1,
+                                              label="Samples per class", elem_id="compare-per-class")
             button = gr.Button("Compare (same noise, classes and settings)", variant="primary",
                                elem_id="compare-button")
         with gr.Column(elem_classes="tab-results"):
-            status = gr.Markdown("Press **Compare**: each row will show a real shape, then the sample of tiny DiMR and "
-                                 "of the baseline from the same noise, each with the judge's verdict.", label="status",
-                                 elem_id="compare-status")
+            status = gr.Markdown(text("compare_waiting"), label="status", elem_id="compare-status")
             pairs = gr.Gallery(label="Each row: the real shape, tiny DiMR, the baseline (transformer only), same noise",
                                columns=3, elem_id="compare-pairs", **GALLERY)
             gr.Markdown(shapes_lab.rates_table(), elem_id="compare-rates")
@@ -302,7 +263,7 @@ def compare_tab():
 
     compared = on(button.click, compare, c, [pairs, status], api_name="compare", preprocess=False,
                   show_progress_on=[status], **SAMPLING_EVENTS)
-    on(compared.failure, refused(labels_of(c)), c, status, **PRIVATE)
+    on(compared.failure, refused(c), c, status, **PRIVATE)
 
 
 @on_gpu
@@ -314,15 +275,9 @@ def compare_imagenet(classes, images_per_class, num_inference_steps, seed, dimr_
     progress(0, desc="Loading both models (the first use downloads them)")
     wait = imagenet_compare.cpu_wait(request, *checked(visitor, imagenet_compare.load_comparison, request))
     yield [], [], [], wait + "Sampling…"
-    updates, dimr_preview = imagenet_compare.stream_comparison(request), []
-    while (update := checked(visitor, next, updates, None)) is not None:
-        if isinstance(update, imagenet_compare.ComparisonProgress):
-            progress((update.step, update.total), desc=f"{wait}Sampling with {update.model}", unit="steps")
-            dimr_preview = as_files(update.dimr.gallery()) if update.dimr else dimr_preview
-            yield dimr_preview, [], [], f"{wait}Sampling with {update.model}: step {update.step} of {update.total}…"
-        else:
-            yield (as_files(update.dimr.gallery()), as_files(update.dit_gallery()),
-                   as_files(update.dimr.branch_panel()), imagenet_compare.describe_comparison(update))
+    updates = checked_stream(visitor, imagenet_compare.stream_comparison(request))
+    for dimr, dit, panel, status in imagenet_compare.page_updates(updates, wait, progress):
+        yield as_files(dimr), as_files(dit), as_files(panel), status
 
 
 def imagenet_tab():
@@ -337,24 +292,23 @@ def imagenet_tab():
             c = dict(classes=gr.Dropdown(catalogue.model_labels(dimr_model).choices(), multiselect=True,
                                          value=catalogue.default_classes(dimr_model)[:2], allow_custom_value=True,
                                          label="Classes (ImageNet)", elem_id="imagenet-classes"))
+            with gr.Row():  # two to a row where each label fits on one line beside its box, else one
+                c["images_per_class"] = gr.Slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
+                                                  min_width=260)
+                c["num_inference_steps"] = gr.Slider(1, limits.MAX_STEPS, value=imagenet_compare.DEFAULT_STEPS,
+                                                     step=1, label="Steps", min_width=260, elem_id="imagenet-steps")
             with gr.Row():
-                c["images_per_class"] = slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
-                                               min_width=200)
-                c["num_inference_steps"] = slider(1, limits.MAX_STEPS, value=imagenet_compare.DEFAULT_STEPS, step=1,
-                                                  label="Steps", min_width=200, elem_id="imagenet-steps")
-            with gr.Row():
-                c["dimr_guidance_scale"] = slider(0, limits.MAX_GUIDANCE, value=imagenet_compare.DIMR_GUIDANCE,
-                                                  step=0.1, label="DiMR guidance", min_width=200)
-                c["dit_guidance_scale"] = slider(0, limits.MAX_GUIDANCE, value=DIT_GUIDANCE, step=0.1,
-                                                 label="DiT guidance", min_width=200)
+                c["dimr_guidance_scale"] = gr.Slider(0, limits.MAX_GUIDANCE, value=imagenet_compare.DIMR_GUIDANCE,
+                                                     step=0.1, label="DiMR guidance", min_width=260)
+                c["dit_guidance_scale"] = gr.Slider(0, limits.MAX_GUIDANCE, value=DIT_GUIDANCE, step=0.1,
+                                                    label="DiT guidance", min_width=260)
             with gr.Row():
                 c["seed"] = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED,
                                       label="Seed (the shared noise)", min_width=160)
                 c["patch_grid"] = gr.Checkbox(False, label="Patch grid (DiT's 16x16 tokens)", min_width=160)
             button = gr.Button("Compare (same noise, same classes)", variant="primary", elem_id="imagenet-button")
         with gr.Column(elem_classes="tab-results"):
-            status = gr.Markdown(f"Press **Compare**: {dimr_model}'s samples and {DIT_NAME}'s from the same noise will "
-                                 "appear here side by side, then what each DiMR branch predicts.", label="status",
+            status = gr.Markdown(text("imagenet_waiting", dimr=dimr_model, dit=DIT_NAME), label="status",
                                  elem_id="imagenet-status")
             with gr.Row():
                 dimr = gr.Gallery(label=dimr_model, columns=2, elem_id="imagenet-dimr", visible=False, min_width=240,
@@ -370,7 +324,7 @@ def imagenet_tab():
     # The galleries appear with the first update of an accepted comparison (the status line says "Sampling…").
     status.change(lambda line: [gr.update(visible=True)] * 3 if line.endswith("Sampling…") else [gr.skip()] * 3,
                   status, galleries, **PRIVATE)
-    on(compared.failure, refused(labels_of(c)), c, status, **PRIVATE)
+    on(compared.failure, refused(c), c, status, **PRIVATE)
 
 
 def build():

@@ -10,12 +10,12 @@ window.addEventListener("blur", (event) => {
 }, true);
 
 // The branch panel's player. Play shows the panel after each step in turn, from frames the server sends once per run
-// and view (app.py `film`: one small image per step, captioned with its step, in a hidden gallery); nothing is sampled
-// or drawn on the server while it plays. When it stops (Pause, or the last step) the step slider moves there, as if
+// and view, on the first Play (app.py `film`: one small image per step, captioned with its step, in a hidden
+// gallery); nothing is sampled or drawn on the server while it plays. When it stops (Pause, or the last step) the step slider moves there, as if
 // moved by hand, and the panel shows that step.
 const player = { timer: null, frames: [], index: 0 };
 const FRAME_MS = 300;
-const PLAY = "▶ Play", PAUSE = "⏸ Pause";
+const PLAY = "▶ Play", PAUSE = "Pause";
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function filmShown() {
@@ -26,8 +26,7 @@ function filmShown() {
 
 async function film() {
   let frames = filmShown();
-  if (!frames.length) {  // not sent yet for this run and view: ask once, then wait for it
-    document.querySelector("#panel-film-button").click();
+  if (!frames.length) {  // not here yet for this run and view: Play's own event asks the server for it
     for (let tries = 0; tries < 600 && !frames.length; tries++) {
       await sleep(100);
       frames = filmShown();
@@ -60,7 +59,7 @@ async function stop(settle = true) {
     const note = document.querySelector("#panel-note");
     for (let tries = 0; tries < 50 && !note?.textContent.includes(`after step ${frame.step} `); tries++) await sleep(100);
   }
-  document.querySelector("#branch-panel")?.classList.remove("playing");
+  document.body.classList.remove("panel-playing");
 }
 
 async function play(button) {
@@ -68,9 +67,8 @@ async function play(button) {
   player.timer = -1;  // pressed: a second press pauses even while the film loads
   const frames = await film();
   if (player.timer !== -1 || !frames.length) return stop(false);
-  const panel = document.querySelector("#branch-panel");
-  if (!document.querySelector("#panel-player")) {
-    panel.insertAdjacentHTML("afterbegin",
+  if (!document.querySelector("#panel-player")) {  // under the panel's label, in place of its images
+    document.querySelector("#branch-panel [data-testid=block-label]").insertAdjacentHTML("afterend",
       '<div id="panel-player"><div class="player-step"></div><img alt="the branch panel, playing"></div>');
   }
   const now = Number(document.querySelector("#panel-step input[type=number]").value);
@@ -78,7 +76,7 @@ async function play(button) {
   player.frames = frames;
   player.index = at < 0 || at === frames.length - 1 ? 0 : at;  // from the start when at the last step
   showFrame(frames[player.index]);
-  panel.classList.add("playing");
+  document.body.classList.add("panel-playing");
   player.timer = setInterval(() => {
     if (player.index + 1 >= player.frames.length) return stop();
     showFrame(player.frames[++player.index]);

@@ -201,6 +201,20 @@ def stream_comparison(request, stop=None):
                      dit_scheduler=type(dit_pipe.scheduler).__name__, dit_seconds=seconds)
 
 
+def page_updates(updates, wait, progress):
+    """What the tab shows while `stream_comparison`'s updates come: (DiMR's samples, DiT's, DiMR's branch panel,
+    status line), images as [(PIL image, caption)]; `wait` starts the status line (`cpu_wait`), and `progress` (a
+    callable like Gradio's Progress) hears each step."""
+    dimr_preview = []
+    for update in updates:
+        if isinstance(update, ComparisonProgress):
+            progress((update.step, update.total), desc=f"{wait}Sampling with {update.model}", unit="steps")
+            dimr_preview = update.dimr.gallery() if update.dimr else dimr_preview
+            yield dimr_preview, [], [], f"{wait}Sampling with {update.model}: step {update.step} of {update.total}…"
+        else:
+            yield update.dimr.gallery(), update.dit_gallery(), update.dimr.branch_panel(), describe_comparison(update)
+
+
 def describe_comparison(comparison):
     """The status box's text: what each side ran and how long it took."""
     r = comparison.request

@@ -26,6 +26,7 @@ DISPLAY_SIZE = 256  # smaller images are enlarged (nearest neighbour, so pixels 
 CHANGE_PERCENTILE = 99
 MAX_PANEL_STEPS_LATENT = 20
 PANEL_SIZE_LATENT = 128
+STEP_LABEL = "Panel step"  # the page's label of the panel's step slider, which its refusals name
 
 
 def to_uint8(images):
@@ -55,13 +56,13 @@ class Generation:
     def gallery(self):
         return [(enlarge(image), caption) for image, caption in zip(self.images, self.captions)]
 
-    def step_refusal(self, step, label):
+    def step_refusal(self, step):
         """The panel note's refusal of a step that this run does not have (out of range, or not a whole number: a
-        typed 2.5 is refused, not rounded), named by the step control's `label`; None for a step of this run."""
+        typed 2.5 is refused, not rounded), naming the step slider; None for a step of this run."""
         try:
             check_int("step", step, 1, self.request.num_inference_steps)
         except OutOfRange as error:
-            return f"**{page_message(error, {'step': label})}**"
+            return f"**{page_message(error, {'step': STEP_LABEL})}**"
         return None
 
     def panel_step(self, step):

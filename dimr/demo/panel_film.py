@@ -3,8 +3,8 @@ and files for slides.
 
     frames(generation, view)             # [(step, PIL image)]: the whole panel after each step with branch images
     animation(generation, view)          # GIF bytes: those frames, enlarged for slides, looped
-    strip(generation, sample, view)      # PNG bytes: one sample across its steps, one row per branch
-    download_files(generation, view, sample, folder)   # both as files, named for what they show
+    strips(generation, view)             # PNG bytes per sample: the sample across its steps, one row per branch
+    download_files(generation, view, folder)   # the animation and the strips as files, named for what they show
 
 A frame lays the panel's cells out as the page does (one row per image: each branch, then the final image) at the
 branches' own resolution, a gap between cells: the player enlarges it in the browser (it stays small to send), the
@@ -13,12 +13,13 @@ files are enlarged without smoothing, so that the branches' grids stay visible o
 
 import io
 
+import numpy as np
 from PIL import Image
 
 from dimr.demo.png_files import content_file
 
 GAP = 2  # px of white between cells, at the cells' own resolution
-SLIDE_WIDTH = 768  # files for slides are enlarged by a whole factor to at least about this width
+SLIDE_WIDTH = 512  # files for slides are enlarged by a whole factor to at least about this width
 FRAME_MS, LAST_FRAME_MS = 300, 1500  # the animation holds the final step so that it can be read
 
 
@@ -50,7 +51,12 @@ def for_slides(image):
 
 def animation(generation, view):
     """GIF bytes: the panel after each step with branch images, one frame each, looped."""
-    images = [for_slides(image) for _, image in frames(generation, view)]
+    shown = [image for _, image in frames(generation, view)]
+    # One palette for all frames, found once at the cells' own resolution (fast; a colour keeps its value from frame
+    # to frame), then each frame cut out and enlarged.
+    w, h = shown[0].size
+    column = grid([np.asarray(image) for image in shown], 1).quantize(256, dither=Image.Dither.NONE)
+    images = [for_slides(column.crop((0, k * (h + GAP), w, k * (h + GAP) + h))) for k in range(len(shown))]
     durations = [FRAME_MS] * (len(images) - 1) + [LAST_FRAME_MS]
     buffer = io.BytesIO()
     images[0].save(buffer, format="gif", save_all=True, append_images=images[1:], duration=durations, loop=0,
@@ -58,16 +64,18 @@ def animation(generation, view):
     return buffer.getvalue()
 
 
-def strip(generation, sample, view):
-    """PNG bytes: sample `sample` (0-based) across the steps with branch images, left to right, one row per branch
+def strips(generation, view):
+    """PNG bytes per sample: the sample across the steps with branch images, left to right, one row per branch
     (lowest resolution first)."""
-    branches = len(generation.branch_names)
-    per_step = [generation.panel_cells(step, view)[sample * generation.columns:][:branches]
-                for step in generation.panel_steps]
-    cells = [per_step[s][b][0] for b in range(branches) for s in range(len(per_step))]
-    buffer = io.BytesIO()
-    for_slides(grid(cells, len(per_step))).save(buffer, format="png")
-    return buffer.getvalue()
+    branches, columns = len(generation.branch_names), generation.columns
+    per_step = [[cell for cell, _ in generation.panel_cells(step, view)] for step in generation.panel_steps]
+    files = []
+    for sample in range(len(generation.captions)):
+        cells = [cells[sample * columns + b] for b in range(branches) for cells in per_step]
+        buffer = io.BytesIO()
+        for_slides(grid(cells, len(per_step))).save(buffer, format="png")
+        files.append(buffer.getvalue())
+    return files
 
 
 def file_name(generation, kind, sample=None):
@@ -81,7 +89,8 @@ def file_name(generation, kind, sample=None):
 
 
 
-def download_files(generation, view, sample, folder):
-    """The paths of the animation and of sample `sample`'s strip as files under `folder`, named for what they show."""
+def download_files(generation, view, folder):
+    """The paths of the animation and of every sample's strip as files under `folder`, named for what they show."""
     return [content_file(animation(generation, view), folder, file_name(generation, "panel.gif")),
-            content_file(strip(generation, sample, view), folder, file_name(generation, "strip.png", sample))]
+            *(content_file(data, folder, file_name(generation, "strip.png", k))
+              for k, data in enumerate(strips(generation, view)))]

@@ -39,6 +39,12 @@ class Refusals:
             while len(self._errors) > self.capacity:
                 self._errors.popitem(last=False)
 
+    def status_line(self, session, labels):
+        """The status line after the session's failed run, in the page's words (`page_message`); the refusal is
+        forgotten once read. A run that failed without a refusal failed on the server."""
+        error = self.pop(session)
+        return f"**Could not run:** {page_message(error, labels) if error else 'the server failed; please try again.'}"
+
     def pop(self, session, default=None):
         """The session's last refusal (forgotten once read), or `default`."""
         with self._lock:

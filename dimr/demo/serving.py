@@ -4,6 +4,7 @@
     start(default_model())                  # at server start-up: CPU threads, then the default model's weights
     for update in stream(request):          # Progress(step, total, preview) while sampling, then a Generation
         ...
+    reported(request, progress)             # the same, telling a progress callable about loading and the steps
     for update in run_task(task):           # other work on the device, in turn with the requests: step numbers,
         ...                                 # then task's result
     describe(generation)                    # the status line: what ran, where, how long
@@ -154,6 +155,17 @@ def stream(request, stop=None, latents=None):
     finally:
         job.stop.set()
     yield job.result()
+
+
+def reported(request, progress):
+    """stream(request), telling `progress` (a callable like Gradio's Progress) what happens: that the model loads only
+    while it really loads (the first use of a released model downloads it), then the steps."""
+    if not is_loaded(request.model):
+        progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
+    for update in stream(request):
+        if isinstance(update, Progress):
+            progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
+        yield update
 
 
 def run_task(task, stop=None):

@@ -4,6 +4,7 @@ and the distortion measured for a bundled model (dimr.lab.distortion, stored bes
     reference_shapes([4, 8])          # [(PIL image, "real ring"), (PIL image, "real checkerboard")]
     judged_gallery(generation)        # [(PIL image, "ring ✓ recognised, p 0.97"), ...]
     compare_pairs(request.labels, compare_side(dimr_generation), [])  # per sample: real shape, DiMR, baseline
+    compared(compare_requests(**controls), sample)   # Compare's (pairs, status line) as sampling goes on
     measured_distortion("tiny-dimr")  # the stored result (dict), or None before it is measured
 """
 
@@ -14,6 +15,7 @@ from dimr.demo.catalogue import TINY_BASELINE, TINY_DIMR, is_shapes_model
 from dimr.demo.limits import MAX_COMPARE_IMAGES
 from dimr.demo.panel import Generation, enlarge
 from dimr.demo.request import Request
+from dimr.demo.serving import describe
 from dimr.lab.distortion import judge, stored_result
 from dimr.lab.shapes import CLASS_NAMES, make_dataset
 from dimr.sampling.loading import BUNDLED, model_files
@@ -86,6 +88,18 @@ def compare_pairs(labels, dimr, baseline):
             image, said = side[k] if side else (WAITING, "to come")
             rows.append((image, f"{name}: {said}"))
     return rows
+
+
+def compared(requests, sample):
+    """Compare's page as it fills: yields (pairs, status line) while the requests of `compare_requests` sample one
+    after the other through `sample(request)` (dimr.demo.serving.Progress updates, then the Generation)."""
+    sides, lines = [[], []], []
+    for k, request in enumerate(requests):
+        for update in sample(request):
+            sides[k] = compare_side(update)
+            if isinstance(update, Generation):
+                lines.append(f"{describe(update)}; {verdict_count(update)}")
+            yield compare_pairs(request.labels, *sides), "  \n".join(lines) or f"Sampling with {request.model}…"
 
 
 def verdict_count(generation):
