@@ -130,8 +130,8 @@ def rates_table():
         return f"**Measured distortion per class:** not measured yet for {missing}."
     settings = results[TINY_DIMR]["settings"]
     lines = [f"**Measured distortion per class** (misdrawn of samples; {settings['samples']} samples per model, "
-             f"{settings['steps']} steps of {settings['sampler']}, guidance {settings['guidance']:g}, "
-             f"seed {settings['seed']}; lower is better)", "",
+             f"{settings['steps']} steps of <span class=\"name\">{settings['sampler']}</span>, "  # never broken
+             f"guidance {settings['guidance']:g}, seed {settings['seed']}; lower is better)", "",
              "| class | tiny DiMR | baseline |", "|---|---|---|"]
     for name in results[TINY_DIMR]["per_class"]:
         cells = [f"{f}/{n} ({100 * f / n:.0f}%)" for f, n in (results[m]["per_class"][name] for m in models)]
