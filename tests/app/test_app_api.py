@@ -226,7 +226,7 @@ def test_the_page_shows_the_measured_distortion_or_says_it_is_not_measured_yet(a
     intro, table = page_texts(app_module)
     assert "tiny DiMR 5.0% (1 of 20 samples)" in intro and "baseline 20.0% (4 of 20 samples)" in intro
     assert "29.2%" in intro  # the paper's number beside the lab's
-    assert "20 samples per model, 25 steps of dpm-solver-3s, guidance 3, seed 0" in table
+    assert '20 samples per model, 25 steps of <span class="name">dpm-solver-3s</span>, guidance 3, seed 0' in table
     assert "| ring | 1/10 (10%) | 4/10 (40%) |" in table and "| star | 0/10 (0%) | 0/10 (0%) |" in table
 
 
