@@ -1,9 +1,6 @@
 """The DiMR demo: pick a model, classes, guidance and steps; see the samples, real shapes beside them, what every
-resolution branch predicts, and how often the tiny DiMR and a single-transformer baseline distort.
-
-UI only, one function per tab, each tab with the settings it uses; the package does the work. `python app.py` serves
-on 127.0.0.1:7860 (settings: docs/serving.md); the main actions are also the API endpoints `/generate`, `/compare`
-and `/compare_imagenet`.
+resolution branch predicts, and how often the tiny DiMR and a single-transformer baseline distort. UI only, one function per tab, each tab with the settings it uses; the package does the work. `python app.py` serves
+on 127.0.0.1:7860 (docs/serving.md); the main actions are also the API's `/generate`, `/compare`, `/compare_imagenet`.
 """
 
 import inspect
@@ -14,9 +11,9 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from dimr.demo import catalogue, imagenet_compare, limits, serving, shapes_lab
+from dimr.demo import catalogue, imagenet_compare, limits, panel_film, serving, shapes_lab
 from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME
-from dimr.demo.panel import CHANGES, ESTIMATES
+from dimr.demo.panel import CHANGES, ESTIMATES, STEP_LABEL
 from dimr.demo.png_files import png_file
 from dimr.demo.refusals import Refusals
 from dimr.demo.request import Request
@@ -42,6 +39,7 @@ IMAGENET_EVENTS = dict(concurrency_id="imagenet", concurrency_limit=1)
 # gr.skip for non-State outputs: Gradio 6.31 keeps a component per such update in the session's config, so a
 # long-lived client session grew with every request. Layout updates run in browser-only events.
 REFUSALS = Refusals()  # each browser session's last refused request, for its status line
+UPLOADS = Path(get_upload_folder()) / "dimr"  # the page's files, in Gradio's cache
 
 
 def checked(visitor, fn, *args, **kwargs):
@@ -51,15 +49,20 @@ def checked(visitor, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: files, downloads
         message = str(err)
-        log.info("refused: %s", " ".join(message.split()))
+        log.info("refused: %s", " ".join(f"{message} {getattr(err, 'operator', '')}".split()))
         if visitor is not None and visitor.session_hash:
-            REFUSALS.record(visitor.session_hash, message)
-        raise gr.Error(message, title="Cannot run", print_exception=False) from None
+            REFUSALS.record(visitor.session_hash, err)
+        # A visitor's run is refused once, in its tab's status line (`refused`); the error is for API clients.
+        raise gr.Error(message, title="Cannot run", visible=visitor is None, print_exception=False) from None
 
 
-def last_refusal(visitor: gr.Request = None):
-    """The status line after a failed run: the reason stays there until the next action."""
-    return f"**Could not run:** {REFUSALS.pop(visitor.session_hash, 'see the message above')}"
+def refused(components):
+    """A tab's failure handler: the status line says why, naming a control as the page labels it (components: the
+    tab's controls by argument name); the last good results stay in place."""
+    labels = {name: component.label for name, component in components.items() if getattr(component, "label", None)}
+    def status_line(visitor: gr.Request = None):
+        return REFUSALS.status_line(visitor.session_hash, labels)
+    return status_line
 
 
 def on(trigger, fn, components, outputs, **options):
@@ -71,8 +74,7 @@ def on(trigger, fn, components, outputs, **options):
 
 def as_files(captioned_images):
     """Captioned PIL images as captioned PNG files in Gradio's cache (dimr.demo.png_files: once per content)."""
-    folder = Path(get_upload_folder()) / "dimr"
-    return [(png_file(image, folder), caption) for image, caption in captioned_images]
+    return [(png_file(image, UPLOADS), caption) for image, caption in captioned_images]
 
 
 def controls(arguments):
@@ -85,16 +87,10 @@ def text(name, **values):
     return (ROOT / "assets" / "text" / f"{name}.md").read_text().format(**values)
 
 
-def sample(request, progress, visitor):
-    """Yield ('preview', captioned image files) while sampling, then ('done', Generation)."""
-    progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
-    updates = checked(visitor, serving.stream, request)
+def checked_stream(visitor, updates):
+    """Each update of a generator, its refusals handled as in `checked`."""
     while (update := checked(visitor, next, updates, None)) is not None:
-        if isinstance(update, serving.Progress):
-            progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
-            yield "preview", as_files(update.gallery())
-        else:
-            yield "done", update
+        yield update
 
 
 def sampling_settings(model, prefix=""):
@@ -139,35 +135,42 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
     """Sample images_per_class images of each class. Returns the samples, the branch panel after the last step (per
     image: each branch's estimate, lowest resolution first, then the final image), its step, and a status line."""
     request = checked(visitor, Request.check, **controls(locals()))
-    for kind, value in sample(request, progress, visitor):
-        if kind == "preview":  # the panel of the previous run is cleared: it will belong to this one
-            yield value, [], request.num_inference_steps, f"Sampling with {request.model}…", gr.skip()
+    for update in checked_stream(visitor, serving.reported(request, progress)):
+        if isinstance(update, serving.Progress):  # the previous run's panel goes: the panel will be this one's
+            yield as_files(update.gallery()), [], request.num_inference_steps, f"Sampling with {request.model}…", None
         else:
-            yield (as_files(value.gallery()), as_files(value.branch_panel()), request.num_inference_steps,
-                   serving.describe(value), value)
+            yield (as_files(shapes_lab.final_gallery(update)), as_files(update.branch_panel()),
+                   request.num_inference_steps, serving.describe(update), update)
 
 
 def fit_panel(generation, panel_view):
     """After a run: the panel in the chosen view and columns, the step slider (none for a single step), its note,
-    and the real shapes (shapes models)."""
+    the real shapes (shapes models), and no film or files yet (made when asked for)."""
     steps = generation.request.num_inference_steps
     references = as_files(shapes_lab.reference_gallery(generation.request))
     # The run's answer holds the panel's estimates already; another view is made here.
     panel = {} if panel_view == ESTIMATES else dict(value=as_files(generation.branch_panel(view=panel_view)))
     return (gr.update(**panel, columns=generation.columns),
             gr.update(maximum=max(steps, 2), value=steps, interactive=steps > 1, visible=steps > 1),
-            generation.panel_note(steps, panel_view), gr.update(value=references, visible=bool(references)))
+            generation.panel_note(steps, panel_view), gr.update(value=references, visible=bool(references)), [], None)
 
 
 def show_step(generation, panel_step, panel_view):
     """The branch panel after another step of the last generation (from what it kept; nothing is re-run). A step
-    typed out of range is refused in the panel's note."""
+    this run does not have is refused in the panel's note."""
     if generation is None:  # nothing generated yet: the panel stays empty
         return gr.skip(), gr.skip()
     if refusal := generation.step_refusal(panel_step):
         return gr.skip(), refusal
-    step = round(panel_step)
-    return as_files(generation.branch_panel(step, panel_view)), generation.panel_note(step, panel_view)
+    return as_files(generation.branch_panel(panel_step, panel_view)), generation.panel_note(panel_step, panel_view)
+
+
+def film(generation, panel_view, film):
+    """The panel after each step, one small frame each captioned with its step: sent once per run and view (Play
+    asks; a run or another view clears it), then played in the browser (assets/app.js) without the server."""
+    if film or generation is None:
+        return gr.skip()
+    return as_files((frame, str(step)) for step, frame in panel_film.frames(generation, panel_view))
 
 
 def generate_tab():
@@ -177,40 +180,52 @@ def generate_tab():
     with gr.Tab("Generate", id="generate"), gr.Row(elem_classes="tab-layout"):
         with gr.Column(elem_classes="tab-basics"):
             c = dict(model=gr.Dropdown(catalogue.model_menu(), value=model, label="Model", elem_id="model"),
-                     model_note=gr.Markdown(serving.model_note(model), elem_classes="note"),
                      classes_model=gr.State(model),  # the model whose classes the class picker holds
                      generation=gr.State(time_to_live=3600))
             c["classes"] = gr.Dropdown(**catalogue.class_picker(model, catalogue.default_classes(model)),
                                        multiselect=True, allow_custom_value=True, elem_id="classes")
-            with gr.Row():
-                c["images_per_class"] = gr.Slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
-                                                  elem_id="images-per-class", min_width=200)
-                random_classes = gr.Button("Random classes", size="sm", min_width=100)
-            button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            c["images_per_class"] = gr.Slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
+                                              elem_id="images-per-class")
+            with gr.Row(equal_height=True):
+                button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=3, min_width=160)
+                random_classes = gr.Button("Random classes", size="sm", min_width=130)
         with gr.Column(elem_classes="tab-results"):
             c["status"] = gr.Markdown("Pick classes and press **Generate**.", label="status", elem_id="status")
             c["gallery"] = gr.Gallery(label="Samples", columns=4, elem_id="gallery", **GALLERY)
             c["references"] = gr.Gallery(label="Real shapes: what each sample should look like", columns=4,
                                          elem_id="references", visible=False, **GALLERY)
-            gr.Markdown(text("branch_panel"))
+            gr.Markdown(text("branch_panel"), elem_id="panel-text")
             with gr.Group(elem_id="panel-controls"):
                 views = [("each branch's estimate", ESTIMATES), ("what each finer branch changes", CHANGES)]
                 c["panel_view"] = gr.Radio(views, value=ESTIMATES, label="Branch panel shows", elem_id="panel-view")
-                c["panel_step"] = gr.Slider(1, 25, value=25, step=1, interactive=False, elem_id="panel-step",
-                                            label="Branch panel: after step")
+                with gr.Row(equal_height=True):
+                    c["panel_step"] = gr.Slider(1, 25, value=25, step=1, interactive=False, elem_id="panel-step",
+                                                label=STEP_LABEL)
+                    play = gr.Button("▶ Play", elem_id="panel-play", size="sm", scale=0, min_width=90)
                 c["panel_note"] = gr.Markdown("", elem_id="panel-note")
             c["panel"] = gr.Gallery(label="What each branch predicts", columns=4, elem_id="branch-panel", **GALLERY)
-        with gr.Column(elem_classes="tab-sampling"):
+            c["film"] = gr.Gallery(visible="hidden", elem_id="panel-film", format="png")
+            with gr.Accordion("Download for slides", open=False, elem_id="panel-slides"):
+                make = gr.Button("Make the panel's animation (GIF) and each sample's strip (PNG)", elem_id="make-files")
+                downloads = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="downloads")
+        with gr.Column(elem_classes="tab-sampling"):  # the model's note here: a phone's first screen is for results
+            c["model_note"] = gr.Markdown(serving.model_note(model), elem_classes="note")
             c.update(sampling_settings(model))
 
     generated = on(button.click, generate, c,
                    [c["gallery"], c["panel"], c["panel_step"], c["status"], c["generation"]], api_name="generate",
-                   preprocess=False, **SAMPLING_EVENTS)
-    on(generated.success, fit_panel, c, [c["panel"], c["panel_step"], c["panel_note"], c["references"]], **PANEL_EVENTS)
-    on(generated.failure, last_refusal, c, c["status"], **PRIVATE)
+                   preprocess=False, show_progress_on=[c["status"]], **SAMPLING_EVENTS)
+    on(generated.success, fit_panel, c, [c["panel"], c["panel_step"], c["panel_note"], c["references"],
+                                         c["film"], downloads], **PANEL_EVENTS)
+    on(generated.failure, refused(c), c, c["status"], **PRIVATE)
     for trigger in (c["panel_step"].input, c["panel_view"].change):
         on(trigger, show_step, c, [c["panel"], c["panel_note"]], trigger_mode="always_last", preprocess=False,
            **PANEL_EVENTS)
+    c["panel_view"].change(lambda: ([], None), None, [c["film"], downloads], **PANEL_EVENTS)  # of the other view
+    on(play.click, film, c, c["film"], **PANEL_EVENTS)  # assets/app.js plays it, and pauses
+    on(make.click, lambda generation, panel_view: generation and panel_film.download_files(generation, panel_view,
+                                                                                            UPLOADS), c, downloads,
+       **PANEL_EVENTS)  # for slides: the panel as a GIF, each sample across its steps as a PNG
     on(c["model"].change, on_model_change, c, [c["classes"], c["model_note"], c["guidance_scale"],
                                                 c["num_inference_steps"], c["classes_model"]], **PRIVATE)
     on(random_classes.click, pick_random_classes, c, c["classes"], **PRIVATE)
@@ -219,16 +234,11 @@ def generate_tab():
 @on_gpu
 def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidance_power, num_inference_steps, seed,
             sampler, progress=gr.Progress(track_tqdm=True), visitor: gr.Request = None):
-    """Sample the tiny DiMR and the single-resolution baseline with the same classes, noise and settings; every
-    final sample is captioned with the judge's verdict: 'ring ✓ recognised, p 0.97' or 'ring ✗ misdrawn, p 0.12'."""
+    """The tiny DiMR and the baseline from the same classes, noise and settings. Returns the pairs, three to a row (the
+    real shape, DiMR's sample, the baseline's; verdicts as 'DiMR: ✓ recognised, p 0.97'), and a status line."""
     requests = checked(visitor, shapes_lab.compare_requests, **controls(locals()))
-    galleries, lines = [[], []], []
-    for k, request in enumerate(requests):
-        for kind, value in sample(request, progress, visitor):
-            galleries[k] = value if kind == "preview" else as_files(shapes_lab.judged_gallery(value))
-            if kind == "done":
-                lines.append(f"{serving.describe(value)}; {shapes_lab.verdict_count(value)}")
-            yield *galleries, "  \n".join(lines) or f"Sampling with {request.model}…"
+    for pairs, status in shapes_lab.compared(requests, lambda request: checked_stream(visitor, serving.reported(request, progress))):
+        yield as_files(pairs), status
 
 
 def compare_tab():
@@ -244,23 +254,16 @@ def compare_tab():
             button = gr.Button("Compare (same noise, classes and settings)", variant="primary",
                                elem_id="compare-button")
         with gr.Column(elem_classes="tab-results"):
-            status = gr.Markdown("", label="status", elem_id="compare-status")
-            references = gr.Gallery(as_files(shapes_lab.reference_shapes(c["classes"].value)), columns=5, **GALLERY,
-                                    label="Real shapes: what each class should look like", elem_id="compare-references")
-            with gr.Row():
-                dimr = gr.Gallery(label="tiny DiMR", columns=3, elem_id="compare-dimr", min_width=300, **GALLERY)
-                baseline = gr.Gallery(label="baseline: transformer only", columns=3, elem_id="compare-baseline",
-                                      min_width=300, **GALLERY)
+            status = gr.Markdown(text("compare_waiting"), label="status", elem_id="compare-status")
+            pairs = gr.Gallery(label="Each row: the real shape, tiny DiMR, the baseline (transformer only), same noise",
+                               columns=3, elem_id="compare-pairs", **GALLERY)
             gr.Markdown(shapes_lab.rates_table(), elem_id="compare-rates")
         with gr.Column(elem_classes="tab-sampling"):
             c.update(sampling_settings(catalogue.TINY_DIMR, prefix="compare-"))
 
-    compared = on(button.click, compare, c, [dimr, baseline, status], api_name="compare", preprocess=False,
-                  **SAMPLING_EVENTS)
-    compared.success(lambda per_class: [gr.update(columns=per_class)] * 2,  # one row per class in both galleries
-                     c["images_per_class"], [dimr, baseline], **PANEL_EVENTS)
-    on(compared.failure, last_refusal, c, status, **PRIVATE)
-    on(c["classes"].change, lambda classes: as_files(shapes_lab.reference_shapes(classes or [])), c, references, **PRIVATE)
+    compared = on(button.click, compare, c, [pairs, status], api_name="compare", preprocess=False,
+                  show_progress_on=[status], **SAMPLING_EVENTS)
+    on(compared.failure, refused(c), c, status, **PRIVATE)
 
 
 @on_gpu
@@ -272,15 +275,9 @@ def compare_imagenet(classes, images_per_class, num_inference_steps, seed, dimr_
     progress(0, desc="Loading both models (the first use downloads them)")
     wait = imagenet_compare.cpu_wait(request, *checked(visitor, imagenet_compare.load_comparison, request))
     yield [], [], [], wait + "Sampling…"
-    updates, dimr_preview = imagenet_compare.stream_comparison(request), []
-    while (update := checked(visitor, next, updates, None)) is not None:
-        if isinstance(update, imagenet_compare.ComparisonProgress):
-            progress((update.step, update.total), desc=f"{wait}Sampling with {update.model}", unit="steps")
-            dimr_preview = as_files(update.dimr.gallery()) if update.dimr else dimr_preview
-            yield dimr_preview, [], [], f"{wait}Sampling with {update.model}: step {update.step} of {update.total}…"
-        else:
-            yield (as_files(update.dimr.gallery()), as_files(update.dit_gallery()),
-                   as_files(update.dimr.branch_panel()), imagenet_compare.describe_comparison(update))
+    updates = checked_stream(visitor, imagenet_compare.stream_comparison(request))
+    for dimr, dit, panel, status in imagenet_compare.page_updates(updates, wait, progress):
+        yield as_files(dimr), as_files(dit), as_files(panel), status
 
 
 def imagenet_tab():
@@ -295,23 +292,24 @@ def imagenet_tab():
             c = dict(classes=gr.Dropdown(catalogue.model_labels(dimr_model).choices(), multiselect=True,
                                          value=catalogue.default_classes(dimr_model)[:2], allow_custom_value=True,
                                          label="Classes (ImageNet)", elem_id="imagenet-classes"))
-            with gr.Row():
+            with gr.Row():  # two to a row where each label fits on one line beside its box, else one
                 c["images_per_class"] = gr.Slider(1, limits.MAX_IMAGES, value=1, step=1, label="Images per class",
-                                                  min_width=160)
+                                                  min_width=260)
                 c["num_inference_steps"] = gr.Slider(1, limits.MAX_STEPS, value=imagenet_compare.DEFAULT_STEPS,
-                                                     step=1, label="Steps", min_width=160, elem_id="imagenet-steps")
+                                                     step=1, label="Steps", min_width=260, elem_id="imagenet-steps")
             with gr.Row():
                 c["dimr_guidance_scale"] = gr.Slider(0, limits.MAX_GUIDANCE, value=imagenet_compare.DIMR_GUIDANCE,
-                                                     step=0.1, label="DiMR guidance", min_width=160)
+                                                     step=0.1, label="DiMR guidance", min_width=260)
                 c["dit_guidance_scale"] = gr.Slider(0, limits.MAX_GUIDANCE, value=DIT_GUIDANCE, step=0.1,
-                                                    label="DiT guidance", min_width=160)
+                                                    label="DiT guidance", min_width=260)
             with gr.Row():
                 c["seed"] = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED,
                                       label="Seed (the shared noise)", min_width=160)
                 c["patch_grid"] = gr.Checkbox(False, label="Patch grid (DiT's 16x16 tokens)", min_width=160)
             button = gr.Button("Compare (same noise, same classes)", variant="primary", elem_id="imagenet-button")
         with gr.Column(elem_classes="tab-results"):
-            status = gr.Markdown("", label="status", elem_id="imagenet-status")
+            status = gr.Markdown(text("imagenet_waiting", dimr=dimr_model, dit=DIT_NAME), label="status",
+                                 elem_id="imagenet-status")
             with gr.Row():
                 dimr = gr.Gallery(label=dimr_model, columns=2, elem_id="imagenet-dimr", visible=False, min_width=240,
                                   **GALLERY)
@@ -326,7 +324,7 @@ def imagenet_tab():
     # The galleries appear with the first update of an accepted comparison (the status line says "Sampling…").
     status.change(lambda line: [gr.update(visible=True)] * 3 if line.endswith("Sampling…") else [gr.skip()] * 3,
                   status, galleries, **PRIVATE)
-    on(compared.failure, last_refusal, c, status, **PRIVATE)
+    on(compared.failure, refused(c), c, status, **PRIVATE)
 
 
 def build():
@@ -345,6 +343,8 @@ demo = build()  # the name Gradio's reload mode and Hugging Face Spaces look for
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if note := imagenet_compare.operator_note():
+        log.info("For the operator: %s", note)
     serving.start(catalogue.default_model())
     demo.queue(max_size=64).launch(theme=THEME, css_paths=[ROOT / "assets" / "app.css"],
                                    head=f"<script>{(ROOT / 'assets' / 'app.js').read_text()}</script>", show_error=True)

@@ -6,7 +6,7 @@ starts `python app.py` (offline, on a free loopback port, with caches of its own
 without changing anything, and writes
     assets/screenshot.png           the Generate tab at 1400 px: the whole page
     assets/screenshot-compare.png   the Compare tab at 1400 px: the whole page
-    assets/screenshot-phone.png     the Generate tab at 390 px: the screen from the Generate button down
+    assets/screenshot-phone.png     the Generate tab at 390 px: the first screen, the button and the first samples
 Run it again whenever the bundled models change. Needs Debian's chromium (`apt-get install -y chromium`).
 """
 
@@ -42,11 +42,9 @@ def phone(url, out, tmp):
         page.goto(url)
         generate(page, "tiny-dimr: 4 images")
         page.wait_for_timeout(1000)
-        load_images(page)
-        top = page.locator("#generate-button").evaluate("b => b.getBoundingClientRect().top + window.scrollY")
-        page.evaluate(f"window.scrollTo(0, {top - 12})")
+        load_images(page)  # and back to the top
         page.mouse.move(0, 0)
-        page.screenshot(path=str(out / "screenshot-phone.png"))  # one screen: the button, then the results
+        page.screenshot(path=str(out / "screenshot-phone.png"))  # one screen: what a phone shows after pressing
         print(f"wrote {out / 'screenshot-phone.png'}")
 
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from dimr.demo import serving
-from dimr.demo.catalogue import default_model, model_labels
+from dimr.demo.catalogue import default_model, model_choices, model_labels
 from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME, dit_decode, dit_denoise, dit_missing, load_dit
 from dimr.demo.panel import Generation, enlarge, panel_steps
 from dimr.demo.request import Request, check_guidance_scale
@@ -39,6 +39,9 @@ from dimr.sampling.loading import missing_parts
 DIMR_IMAGENET = "DiMR-XL/2R"
 DIMR_GUIDANCE = 1.4  # the official constant guidance, cond + 0.4 (cond - uncond)
 DEFAULT_STEPS = 50
+# What a visitor reads when the models are missing: what does not work and what does, no operator's instructions.
+NOT_INSTALLED = ("The ImageNet models are not installed on this server, so this comparison cannot run here; the "
+                 "Generate and Compare tabs work with the tiny models.")
 PATCH_GRID_COLOR = (255, 255, 255, 110)
 # The share of a plain 1024^3 matmul's FLOP/s that the XL networks' float32 forwards reach on a CPU (compare
 # `matmul_speed("cpu")` with a timed forward of each network: docs/imagenet.md).
@@ -103,15 +106,21 @@ class Comparison:
 
 
 def setup_note():
-    """For the tab: the models a comparison needs that this server does not have, and how to install them; what
-    the device means for the wait."""
-    missing = missing_models()
-    where = (f"**Not installed on this server: {serving.listed(missing)}.** The first comparison downloads them "
-             f"when the server can reach the Hugging Face hub; offline, the operator installs them first:\n"
-             f"{serving.how_list(missing)}\n\n" if missing else "Weights: at hand. ")
-    speed = ("On a CPU a comparison takes many minutes (the status shows the estimate before sampling starts)."
-             if serving.device().type == "cpu" else f"Device: {serving.device()}.")
-    return where + speed
+    """For the tab, in one sentence for a visitor: the ImageNet models are not installed here and what works instead;
+    or, with them at hand, what the device means for the wait. The operator's instructions: `operator_note`."""
+    if missing_models():
+        return NOT_INSTALLED
+    return ("Weights: at hand. On a CPU a comparison takes many minutes (the status shows the estimate before "
+            "sampling starts)." if serving.device().type == "cpu" else f"Weights: at hand. Device: {serving.device()}.")
+
+
+def operator_note():
+    """For the server's log at start-up: what the ImageNet tab and the model menu lack here and how to install it
+    (docs/serving.md), or None when everything is at hand (looks at local files only)."""
+    missing = {**missing_models(), **{what: how for name in model_choices() for what, how in missing_parts(name).items()}}
+    if missing:
+        return f"not installed here (the page tells visitors only that): {serving.how_list(missing)}"
+    return None
 
 
 def missing_models():
@@ -138,7 +147,8 @@ def draw_patch_grid(image, tokens):
 
 def load_comparison(request):
     """Both pipelines on the demo's device (DiT in the demo's dtype); checks that their latents have one shape. A
-    model that is neither here nor downloadable fails with one ModelUnavailable naming every model still missing."""
+    model that is neither here nor downloadable fails with one ModelUnavailable: NOT_INSTALLED for the visitor, every
+    model still missing and how to install it for the operator."""
     try:
         dimr_pipe = serving.load(request.dimr.model)
         dit_pipe = load_dit(serving.device(), mode_dtype(serving.acceleration_mode()))
@@ -146,7 +156,8 @@ def load_comparison(request):
         missing = missing_models()
         if not missing:
             raise
-        raise serving.unavailable(missing) from None
+        raise serving.ModelUnavailable(NOT_INSTALLED, f"cannot download now (the Hugging Face hub cannot be reached, "
+                                       f"or HF_HUB_OFFLINE is set); {serving.how_list(missing)}") from None
     config = dit_pipe.transformer.config
     dit_shape = (config.in_channels, config.sample_size, config.sample_size)
     if tuple(dimr_pipe.latent_shape) != dit_shape:
@@ -190,11 +201,25 @@ def stream_comparison(request, stop=None):
                      dit_scheduler=type(dit_pipe.scheduler).__name__, dit_seconds=seconds)
 
 
+def page_updates(updates, wait, progress):
+    """What the tab shows while `stream_comparison`'s updates come: (DiMR's samples, DiT's, DiMR's branch panel,
+    status line), images as [(PIL image, caption)]; `wait` starts the status line (`cpu_wait`), and `progress` (a
+    callable like Gradio's Progress) hears each step."""
+    dimr_preview = []
+    for update in updates:
+        if isinstance(update, ComparisonProgress):
+            progress((update.step, update.total), desc=f"{wait}Sampling with {update.model}", unit="steps")
+            dimr_preview = update.dimr.gallery() if update.dimr else dimr_preview
+            yield dimr_preview, [], [], f"{wait}Sampling with {update.model}: step {update.step} of {update.total}…"
+        else:
+            yield update.dimr.gallery(), update.dit_gallery(), update.dimr.branch_panel(), describe_comparison(update)
+
+
 def describe_comparison(comparison):
     """The status box's text: what each side ran and how long it took."""
     r = comparison.request
     return (f"Same noise (seed {r.dimr.seed}) and classes for both. {serving.describe(comparison.dimr)}  \n"
-            f"{DIT_NAME}: {len(comparison.dit_images)} images, {r.dimr.num_inference_steps} steps of "
+            f"{DIT_NAME}: {len(comparison.dit_images)} images, {serving.counted(r.dimr.num_inference_steps, 'step')} of "
             f"{comparison.dit_scheduler}, guidance {r.dit_guidance_scale:g} (DiT's, on the noise channels), "
             f"{comparison.dit_seconds:.1f} s on {serving.device()}")
 

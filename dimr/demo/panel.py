@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from dimr.checks import OutOfRange, check_int
 from dimr.demo.catalogue import model_branches
+from dimr.demo.refusals import page_message
 
 ESTIMATES, CHANGES = "estimates", "changes"  # the panel's two views
 DISPLAY_SIZE = 256  # smaller images are enlarged (nearest neighbour, so pixels stay visible) to about this
@@ -24,6 +26,7 @@ DISPLAY_SIZE = 256  # smaller images are enlarged (nearest neighbour, so pixels 
 CHANGE_PERCENTILE = 99
 MAX_PANEL_STEPS_LATENT = 20
 PANEL_SIZE_LATENT = 128
+STEP_LABEL = "Panel step"  # the page's label of the panel's step slider, which its refusals name
 
 
 def to_uint8(images):
@@ -54,11 +57,13 @@ class Generation:
         return [(enlarge(image), caption) for image, caption in zip(self.images, self.captions)]
 
     def step_refusal(self, step):
-        """The panel note's refusal of a step typed out of range, or None for a step of this run."""
-        steps = self.request.num_inference_steps
-        if isinstance(step, (int, float)) and 1 <= step <= steps:
-            return None
-        return f"**Step {step} is out of range: use 1..{steps}.**"
+        """The panel note's refusal of a step that this run does not have (out of range, or not a whole number: a
+        typed 2.5 is refused, not rounded), naming the step slider; None for a step of this run."""
+        try:
+            check_int("step", step, 1, self.request.num_inference_steps)
+        except OutOfRange as error:
+            return f"**{page_message(error, {'step': STEP_LABEL})}**"
+        return None
 
     def panel_step(self, step):
         """The panel step nearest to a requested 1-based step."""
@@ -76,9 +81,14 @@ class Generation:
         return note
 
     def branch_panel(self, step=None, view=ESTIMATES):
-        """Per image, one row after `step` (default: the last), then the final image. view ESTIMATES: each branch's
-        clean-image estimate; CHANGES: the coarsest branch's estimate, then what each finer branch changes in the
-        estimate of the branch below it (`change_map`)."""
+        """Per image, one row after `step` (default: the last), then the final image, enlarged for display
+        (`panel_cells`)."""
+        return [(enlarge(cell), caption) for cell, caption in self.panel_cells(step, view)]
+
+    def panel_cells(self, step=None, view=ESTIMATES):
+        """[(uint8 [h, w, 3], caption)]: per image, one row after `step` (default: the last), then the final image.
+        view ESTIMATES: each branch's clean-image estimate; CHANGES: the coarsest branch's estimate, then what each
+        finer branch changes in the estimate of the branch below it (`change_map`)."""
         if view not in (ESTIMATES, CHANGES):
             raise ValueError(f"view must be {ESTIMATES!r} or {CHANGES!r}, got {view!r}")
         index = self.panel_steps.index(self.panel_step(self.request.num_inference_steps if step is None else step))
@@ -88,10 +98,10 @@ class Generation:
             for l, branch in enumerate(self.branch_names):
                 if view == CHANGES and l > 0:
                     change, extent = change_map(estimates[l, b], estimates[l - 1, b])
-                    row_items.append((enlarge(change), f"change by {branch}, ±{100 * extent:.0f}%"))
+                    row_items.append((change, f"change by {branch}, ±{100 * extent:.0f}%"))
                 else:
-                    row_items.append((enlarge(estimates[l, b]), branch))
-            row_items.append((enlarge(self.images[b]), f"final: {caption}"))
+                    row_items.append((estimates[l, b], branch))
+            row_items.append((self.images[b], f"final: {caption}"))
         return row_items
 
     @property

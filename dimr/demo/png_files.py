@@ -1,4 +1,4 @@
-"""Images shown on the page as PNG files, written once per content."""
+"""Images shown on the page, and files offered for download, written once per content."""
 
 import hashlib
 import io
@@ -17,6 +17,20 @@ def png_file(image, folder):
     if not path.exists():
         buffer = io.BytesIO()
         image.save(buffer, format="png", compress_level=1)  # enlarged pixels compress well even so, 3x faster
-        with replaced_atomically(path) as partial:
-            partial.write_bytes(buffer.getvalue())
+        saved_file(buffer.getvalue(), path)
     return str(path)
+
+
+def content_file(data, folder, name):
+    """The path of `data` (bytes) as a file called `name` (what a download is saved as) under `folder`, written once
+    per content and name."""
+    path = Path(folder) / hashlib.sha256(data).hexdigest() / name
+    if not path.exists():
+        saved_file(data, path)
+    return str(path)
+
+
+def saved_file(data, path):
+    """Write `data` to `path`, complete before anyone sees it there."""
+    with replaced_atomically(path) as partial:
+        partial.write_bytes(data)

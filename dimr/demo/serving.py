@@ -4,6 +4,7 @@
     start(default_model())                  # at server start-up: CPU threads, then the default model's weights
     for update in stream(request):          # Progress(step, total, preview) while sampling, then a Generation
         ...
+    reported(request, progress)             # the same, telling a progress callable about loading and the steps
     for update in run_task(task):           # other work on the device, in turn with the requests: step numbers,
         ...                                 # then task's result
     describe(generation)                    # the status line: what ran, where, how long
@@ -28,6 +29,7 @@ from dimr.sampling.pipeline import DEFAULT_SAMPLER
 PREVIEW_INTERVAL_S = 0.4
 
 _batcher = None
+_loaded = set()  # models `load` has loaded (dimr.sampling.caches keeps their weights)
 _batcher_lock = threading.Lock()
 
 
@@ -49,22 +51,22 @@ def acceleration_mode():
 
 
 class ModelUnavailable(ValueError):
-    """A model cannot be loaded on this server; the message says so to a visitor, then what the operator must do."""
+    """A model cannot be loaded on this server. The message is for a visitor: what is missing and what works instead,
+    no command and no path of this machine; `operator` says what the operator must do (the server's log)."""
 
-
-def unavailable(missing):
-    """A ModelUnavailable for models this server lacks and cannot download now; missing: {what: how to install it}
-    (dimr.sampling.loading.missing_parts), each named with what the operator must do."""
-    one = len(missing) == 1
-    return ModelUnavailable(f"{listed(missing)} {'is' if one else 'are'} not installed on this server, and it cannot "
-                            f"download {'it' if one else 'them'} now (the Hugging Face hub cannot be reached, or "
-                            f"HF_HUB_OFFLINE is set); {listed(BUNDLED)} work meanwhile. What the operator of this demo "
-                            f"must do:\n{how_list(missing)}")
+    def __init__(self, message, operator):
+        super().__init__(message)
+        self.operator = operator
 
 
 def how_list(missing):
     """'- what: how' per line, for {what: how to install it}."""
     return "\n".join(f"- {what}: {how}" for what, how in missing.items())
+
+
+def counted(number, noun):
+    """'1 step', '25 steps'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def listed(names):
@@ -79,10 +81,15 @@ def load(model_name, sampler=DEFAULT_SAMPLER):
     try:
         pipe = load_pipeline(model_name, device=device(), torch_dtype=mode_dtype(mode), sampler=sampler)
     except CheckpointError as err:
-        raise ModelUnavailable(f"{model_name} is not available on this server right now (its weights are not "
-                               f"installed here); {listed(BUNDLED)} work meanwhile. What the operator of this demo "
-                               f"must do: {err}") from err
+        raise ModelUnavailable(f"{model_name} is not available on this server right now; {listed(BUNDLED)} work "
+                               f"meanwhile.", str(err)) from err
+    _loaded.add(model_name)
     return accelerate_pipeline(pipe, mode)
+
+
+def is_loaded(model_name):
+    """True once `load` has loaded a model's weights in this process: its next use loads nothing."""
+    return model_name in _loaded
 
 
 def batcher():
@@ -150,6 +157,17 @@ def stream(request, stop=None, latents=None):
     yield job.result()
 
 
+def reported(request, progress):
+    """stream(request), telling `progress` (a callable like Gradio's Progress) what happens: that the model loads only
+    while it really loads (the first use of a released model downloads it), then the steps."""
+    if not is_loaded(request.model):
+        progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
+    for update in stream(request):
+        if isinstance(update, Progress):
+            progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
+        yield update
+
+
 def run_task(task, stop=None):
     """Run task(progress) on the sampling worker, in turn with the requests (dimr.demo.batching.Batcher.submit_task):
     yields the number of steps done (1, 2, ...) about every PREVIEW_INTERVAL_S, then task's result. Setting `stop`
@@ -189,5 +207,5 @@ def describe(generation):
     r = generation.request
     guidance = f"guidance {r.guidance_scale:g} ({r.guidance_schedule}" + (
         f", power {r.guidance_power:g})" if r.guidance_schedule == "power-cosine" else ")")
-    return (f"{r.model}: {len(generation.captions)} images, {r.num_inference_steps} steps of {r.sampler}, {guidance}, "
-            f"seed {r.seed}, {generation.seconds:.1f} s on {device()}")
+    return (f"{r.model}: {len(generation.captions)} images, {counted(r.num_inference_steps, 'step')} of {r.sampler}, "
+            f"{guidance}, seed {r.seed}, {generation.seconds:.1f} s on {device()}")

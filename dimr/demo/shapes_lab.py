@@ -3,15 +3,19 @@ and the distortion measured for a bundled model (dimr.lab.distortion, stored bes
 
     reference_shapes([4, 8])          # [(PIL image, "real ring"), (PIL image, "real checkerboard")]
     judged_gallery(generation)        # [(PIL image, "ring ✓ recognised, p 0.97"), ...]
+    compare_pairs(request.labels, compare_side(dimr_generation), [])  # per sample: real shape, DiMR, baseline
+    compared(compare_requests(**controls), sample)   # Compare's (pairs, status line) as sampling goes on
     measured_distortion("tiny-dimr")  # the stored result (dict), or None before it is measured
 """
 
+import numpy as np
 import torch
 
 from dimr.demo.catalogue import TINY_BASELINE, TINY_DIMR, is_shapes_model
 from dimr.demo.limits import MAX_COMPARE_IMAGES
-from dimr.demo.panel import enlarge
+from dimr.demo.panel import Generation, enlarge
 from dimr.demo.request import Request
+from dimr.demo.serving import describe
 from dimr.lab.distortion import judge, stored_result
 from dimr.lab.shapes import CLASS_NAMES, make_dataset
 from dimr.sampling.loading import BUNDLED, model_files
@@ -46,11 +50,56 @@ def sample_verdicts(generation):
     return list(zip(flagged.tolist(), p_intended.tolist()))
 
 
+def verdict(misdrawn, p):
+    """'✓ recognised, p 0.97' or '✗ misdrawn, p 0.12'."""
+    return f"{'✗ misdrawn' if misdrawn else '✓ recognised'}, p\u00a0{p:.2f}"  # no-break: p stays with its value
+
+
 def judged_gallery(generation):
     """The samples captioned with the judge's verdict: 'ring ✓ recognised, p 0.97' or 'ring ✗ misdrawn, p 0.12'."""
-    # A no-break space keeps p and its value together when the caption wraps.
-    return [(image, f"{caption} {'✗ misdrawn' if misdrawn else '✓ recognised'}, p\u00a0{p:.2f}")
-            for (image, caption), (misdrawn, p) in zip(generation.gallery(), sample_verdicts(generation))]
+    return [(image, f"{caption} {verdict(*judged)}")
+            for (image, caption), judged in zip(generation.gallery(), sample_verdicts(generation))]
+
+
+def final_gallery(generation):
+    """A finished run's samples as the page shows them: with the judge's verdicts for a shapes model."""
+    return judged_gallery(generation) if is_shapes_model(generation.request.model) else generation.gallery()
+
+
+# Stands in for a sample still to come in Compare's pairs: a light grey square of the enlarged samples' size.
+WAITING = enlarge(np.full((32, 32, 3), 235, np.uint8))
+
+
+def compare_side(update):
+    """One model's side of Compare's pairs, [(PIL image, what to say)] per sample: from a sampling preview
+    (dimr.demo.serving.Progress) 'step 3/25', from a finished Generation the judge's verdict."""
+    if isinstance(update, Generation):
+        return [(image, verdict(*judged)) for (image, _), judged in zip(update.gallery(), sample_verdicts(update))]
+    return [(image, f"step {update.step}/{update.total}") for image, _ in update.gallery()]
+
+
+def compare_pairs(labels, dimr, baseline):
+    """Compare's gallery, three to a row: per sample (one noise), its class's real shape, then DiMR's sample and the
+    baseline's (`compare_side`, or [] for a side still to come: grey squares), each captioned with its model."""
+    rows = []
+    for k, real in enumerate(reference_shapes(labels)):
+        rows.append(real)
+        for name, side in (("DiMR", dimr), ("baseline", baseline)):
+            image, said = side[k] if side else (WAITING, "to come")
+            rows.append((image, f"{name}: {said}"))
+    return rows
+
+
+def compared(requests, sample):
+    """Compare's page as it fills: yields (pairs, status line) while the requests of `compare_requests` sample one
+    after the other through `sample(request)` (dimr.demo.serving.Progress updates, then the Generation)."""
+    sides, lines = [[], []], []
+    for k, request in enumerate(requests):
+        for update in sample(request):
+            sides[k] = compare_side(update)
+            if isinstance(update, Generation):
+                lines.append(f"{describe(update)}; {verdict_count(update)}")
+            yield compare_pairs(request.labels, *sides), "  \n".join(lines) or f"Sampling with {request.model}…"
 
 
 def verdict_count(generation):
@@ -81,8 +130,8 @@ def rates_table():
         return f"**Measured distortion per class:** not measured yet for {missing}."
     settings = results[TINY_DIMR]["settings"]
     lines = [f"**Measured distortion per class** (misdrawn of samples; {settings['samples']} samples per model, "
-             f"{settings['steps']} steps of {settings['sampler']}, guidance {settings['guidance']:g}, "
-             f"seed {settings['seed']}; lower is better)", "",
+             f"{settings['steps']} steps of <span class=\"name\">{settings['sampler']}</span>, "  # never broken
+             f"guidance {settings['guidance']:g}, seed {settings['seed']}; lower is better)", "",
              "| class | tiny DiMR | baseline |", "|---|---|---|"]
     for name in results[TINY_DIMR]["per_class"]:
         cells = [f"{f}/{n} ({100 * f / n:.0f}%)" for f, n in (results[m]["per_class"][name] for m in models)]

@@ -39,15 +39,21 @@ def generate(client, **overrides):
     return client.predict(**{**FAST, **overrides}, api_name="/generate")
 
 
+VERDICT = r"(✓ recognised|✗ misdrawn), p\u00a0[01]\.\d\d"
+
+
 def assert_serves(client):
     samples, *_ = generate(client)
-    assert [item["caption"] for item in samples] == ["ring"]
+    assert [item["caption"].split(" ")[0] for item in samples] == ["ring"]
 
 
 def test_generate_returns_named_images_and_the_branch_panel(client):
     samples, panel, panel_step, status = generate(client, classes=["ring", 3, "checkerboard"], images_per_class=2,
                                                   num_inference_steps=5, seed=7)
-    assert [s["caption"] for s in samples] == ["ring", "ring", "star", "star", "checkerboard", "checkerboard"]
+    # Each sample of a shapes model with the judge's verdict: 'ring ✓ recognised, p 0.97'.
+    classes = [s["caption"].split(" ")[0] for s in samples]
+    assert classes == ["ring", "ring", "star", "star", "checkerboard", "checkerboard"]
+    assert all(re.fullmatch(rf"\w+ {VERDICT}", s["caption"]) for s in samples), samples
     for sample in samples:
         with Image.open(sample["image"]) as image:
             assert image.format == "PNG"
@@ -56,7 +62,7 @@ def test_generate_returns_named_images_and_the_branch_panel(client):
     # Per image: the 8x8-token transformer's and the 16x16 and 32x32 ConvNeXt branches' estimates, then the final image.
     assert [p["caption"] for p in panel[:4]] == ["8x8 transformer (4x4 px patches)", "16x16 ConvNeXt", "32x32 ConvNeXt",
                                                  "final: ring"]
-    assert [p["caption"] for p in panel[3::4]] == ["final: " + s["caption"] for s in samples]
+    assert [p["caption"] for p in panel[3::4]] == ["final: " + name for name in classes]
     assert len(panel) == 6 * 4
     with Image.open(panel[0]["image"]) as coarse:
         # The 8x8 branch's estimate, upsampled without smoothing: constant over 4x4 blocks of the 32x32 image.
@@ -73,7 +79,7 @@ def test_previews_stream_in_while_sampling(client):
     assert previews, "no preview arrived during 250 steps"
     steps = [int(preview[0]["caption"].removeprefix("ring · step ").split("/")[0]) for preview in previews]
     assert steps == sorted(steps) and 1 <= steps[0] and steps[-1] <= 250
-    assert [s["caption"] for s in samples] == ["ring"]
+    assert [s["caption"].split(" ")[0] for s in samples] == ["ring"]
 
 
 def test_same_seed_same_images_other_seed_other_images(client):
@@ -89,13 +95,14 @@ def test_same_seed_same_images_other_seed_other_images(client):
 def test_baseline_has_one_branch_and_compare_judges_both_models(client):
     panel = generate(client, model="tiny-baseline", classes=["frame"])[1]
     assert [p["caption"] for p in panel] == ["8x8 transformer (4x4 px patches)", "final: frame"]
-    dimr, baseline, status = client.predict(classes=["ring", "stripes"], images_per_class=2, guidance_scale=1.4,
-                                            guidance_schedule="power-cosine", guidance_power=1.0,
-                                            num_inference_steps=3, seed=0, sampler="dpm++2m", api_name="/compare")
-    for samples in (dimr, baseline):
-        captions = [s["caption"] for s in samples]
-        assert [c.split(" ")[0] for c in captions] == ["ring", "ring", "stripes", "stripes"]
-        assert all(re.fullmatch(r"\w+ (✓ recognised|✗ misdrawn), p\u00a0[01]\.\d\d", c) for c in captions), captions
+    pairs, status = client.predict(classes=["ring", "stripes"], images_per_class=2, guidance_scale=1.4,
+                                   guidance_schedule="power-cosine", guidance_power=1.0, num_inference_steps=3, seed=0,
+                                   sampler="dpm++2m", api_name="/compare")
+    # Three to a row, one row per noise: the real shape, DiMR's sample, the baseline's, each with the judge's verdict.
+    captions = [p["caption"] for p in pairs]
+    assert captions[0::3] == ["real ring", "real ring", "real stripes", "real stripes"]
+    assert all(re.fullmatch(rf"DiMR: {VERDICT}", c) for c in captions[1::3]), captions
+    assert all(re.fullmatch(rf"baseline: {VERDICT}", c) for c in captions[2::3]), captions
     assert "tiny-dimr: 4 images" in status and "tiny-baseline: 4 images" in status
     assert re.search(r"the judge finds \d of 4 misdrawn", status)
 
@@ -160,14 +167,17 @@ def test_nan_guidance_is_refused_over_plain_http(app_url, client):
     assert_serves(client)
 
 
-def test_a_released_model_that_cannot_be_downloaded_gets_a_message_for_the_visitor_and_the_operator(client):
+def test_a_released_model_that_cannot_be_downloaded_is_refused_in_one_sentence_and_the_log_says_what_to_do(
+        client, app_dir):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError) as error:
         generate(client, model="DiMR-XL/2R", classes=["tabby cat"])
     message = str(error.value)
-    assert message.startswith("DiMR-XL/2R is not available on this server right now")
-    assert "What the operator of this demo must do:" in message and "huggingface.co/QHL067/DiMR" in message
+    assert "DiMR-XL/2R is not available on this server right now; tiny-dimr and tiny-baseline work meanwhile." in message
+    assert "python -m dimr convert" not in message and "/" not in message.split("DiMR-XL/2R", 1)[1]  # no path
+    log = (app_dir / "app.log").read_text()
+    assert "For the operator: not installed here" in log and "python -m dimr convert" in log  # at start-up
     assert_serves(client)
 
 
@@ -216,7 +226,7 @@ def test_the_page_shows_the_measured_distortion_or_says_it_is_not_measured_yet(a
     intro, table = page_texts(app_module)
     assert "tiny DiMR 5.0% (1 of 20 samples)" in intro and "baseline 20.0% (4 of 20 samples)" in intro
     assert "29.2%" in intro  # the paper's number beside the lab's
-    assert "20 samples per model, 25 steps of dpm-solver-3s, guidance 3, seed 0" in table
+    assert '20 samples per model, 25 steps of <span class="name">dpm-solver-3s</span>, guidance 3, seed 0' in table
     assert "| ring | 1/10 (10%) | 4/10 (40%) |" in table and "| star | 0/10 (0%) | 0/10 (0%) |" in table
 
 
@@ -248,12 +258,12 @@ def test_a_refusal_recorded_while_another_handler_reads_refusals_is_kept_for_its
 
     class Interleaved(collections.OrderedDict):
         def move_to_end(self, key, last=True):  # in the middle of a record: another handler reads the refusals
-            readers.append(threading.Thread(target=lambda: read.append(app_module.last_refusal(visitor))))
+            readers.append(threading.Thread(target=lambda: read.append(app_module.refused({})(visitor))))
             readers[-1].start()
             readers[-1].join(0.5)  # without a lock the reader takes the record now, half made
             super().move_to_end(key, last)
 
-    monkeypatch.setattr(app_module.REFUSALS, "_messages", Interleaved())
+    monkeypatch.setattr(app_module.REFUSALS, "_errors", Interleaved())
 
     def refuse():
         raise ValueError("unknown class name 'unicorn'")
