@@ -18,12 +18,11 @@ from dimr.demo import catalogue, imagenet_compare, limits, serving, shapes_lab
 from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME
 from dimr.demo.panel import CHANGES, ESTIMATES
 from dimr.demo.png_files import png_file
-from dimr.demo.refusals import Refusals
+from dimr.demo.refusals import Refusals, Refused, failure_message
 from dimr.demo.request import Request
 from dimr.demo.zero_gpu import on_gpu
 from dimr.sampling.pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
 
-log = logging.getLogger("dimr.app")
 ROOT = Path(__file__).resolve().parent
 THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"])
 GALLERY = dict(height="fit-content", format="png", object_fit="contain", elem_classes="pixelated",
@@ -45,16 +44,16 @@ REFUSALS = Refusals()  # each browser session's last refused request, for its st
 
 
 def checked(visitor, fn, *args, **kwargs):
-    """fn(...); a bad request or an unavailable model becomes a gr.Error with its clear message, logged as one line
-    (a visitor's mistake is no server warning)."""
+    """fn(...); a refused request becomes a gr.Error with its clear message, logged as one line (a visitor's mistake
+    is no server warning); any other failure is logged with its traceback and shown as the server's."""
     try:
         return fn(*args, **kwargs)
-    except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: files, downloads
-        message = str(err)
-        log.info("refused: %s", " ".join(message.split()))
+    except Exception as err:  # noqa: BLE001 - every failure reaches the visitor, as a refusal or as the server's
+        message = failure_message(err)
         if visitor is not None and visitor.session_hash:
             REFUSALS.record(visitor.session_hash, message)
-        raise gr.Error(message, title="Cannot run", print_exception=False) from None
+        title = "Cannot run" if isinstance(err, Refused) else "The server failed"
+        raise gr.Error(message, title=title, print_exception=False) from None
 
 
 def last_refusal(visitor: gr.Request = None):

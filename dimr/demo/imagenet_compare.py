@@ -30,6 +30,7 @@ from dimr.demo import serving
 from dimr.demo.catalogue import default_model, model_labels
 from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME, dit_decode, dit_denoise, dit_missing, load_dit
 from dimr.demo.panel import Generation, enlarge, panel_steps
+from dimr.demo.refusals import refusing
 from dimr.demo.request import Request, check_guidance_scale
 from dimr.network.acceleration import mode_dtype
 from dimr.network.weights import CheckpointError
@@ -60,6 +61,7 @@ class ComparisonRequest:
     patch_grid: bool = False
 
     @classmethod
+    @refusing
     def check(cls, *, classes, images_per_class=1, num_inference_steps=DEFAULT_STEPS, seed=0,
               dimr_guidance_scale=DIMR_GUIDANCE, dit_guidance_scale=DIT_GUIDANCE, patch_grid=False):
         """Validate everything before any model is loaded; ValueError names the bad value and what is allowed."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from dimr.checks import check_int, check_number, shown
 from dimr.demo.catalogue import check_model, default_guidance, default_steps, model_labels
 from dimr.demo.limits import MAX_GUIDANCE, MAX_GUIDANCE_POWER, MAX_IMAGES, MAX_SEED, MAX_STEPS, MIN_GUIDANCE_POWER
+from dimr.demo.refusals import refusing
 from dimr.sampling.pipeline import DEFAULT_SAMPLER, SAMPLERS, check_guidance
 
 
@@ -37,9 +38,10 @@ class Request:
     sampler: str
 
     @classmethod
+    @refusing
     def check(cls, *, model, classes, images_per_class=1, guidance_scale=None, guidance_schedule="constant",
               guidance_power=1.0, num_inference_steps=None, seed=0, sampler=DEFAULT_SAMPLER, max_images=MAX_IMAGES):
-        """Validate everything before any model is loaded; ValueError says which value is wrong and what is allowed.
+        """Validate everything before any model is loaded; Refused says which value is wrong and what is allowed.
 
         Keyword arguments only: the controls are many and alike, so a call by position could swap two unnoticed.
         guidance_scale and num_inference_steps default to the model's (dimr.sampling.defaults)."""

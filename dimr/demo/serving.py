@@ -20,6 +20,7 @@ from dimr.demo.batching import Batcher
 from dimr.demo.catalogue import is_pixel_space, model_description
 from dimr.demo.limits import MAX_IMAGES, MAX_STEPS
 from dimr.demo.panel import enlarge, generation_from, panel_steps, to_uint8
+from dimr.demo.refusals import Refused
 from dimr.network.acceleration import accelerate_pipeline, default_mode, mode_dtype
 from dimr.network.weights import CheckpointError
 from dimr.sampling.loading import BUNDLED, default_device, load_pipeline
@@ -48,7 +49,7 @@ def acceleration_mode():
     return os.environ.get("DIMR_ACCELERATION") or ("bf16" if zero_gpu() else default_mode(device()))
 
 
-class ModelUnavailable(ValueError):
+class ModelUnavailable(Refused):
     """A model cannot be loaded on this server; the message says so to a visitor, then what the operator must do."""
 
 
