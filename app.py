@@ -169,9 +169,9 @@ def show_step(generation, panel_step, panel_view):
     return as_files(generation.branch_panel(step, panel_view)), generation.panel_note(step, panel_view)
 
 
-def generate_tab():
+def generate_tab(page):
     """The Generate tab and its API endpoint /generate. On a narrow screen the results come right after the Generate
-    button, and the sampling settings after them."""
+    button, and the sampling settings after them. The model menu's "(not installed)" marks are made per page load."""
     model = catalogue.default_model()
     with gr.Tab("Generate", id="generate"), gr.Row(elem_classes="tab-layout"):
         with gr.Column(elem_classes="tab-basics"):
@@ -213,6 +213,7 @@ def generate_tab():
     on(c["model"].change, on_model_change, c, [c["classes"], c["model_note"], c["guidance_scale"],
                                                 c["num_inference_steps"], c["classes_model"]], **PRIVATE)
     on(random_classes.click, pick_random_classes, c, c["classes"], **PRIVATE)
+    page.load(lambda: gr.update(choices=catalogue.model_menu()), None, c["model"], **PRIVATE)
 
 
 @on_gpu
@@ -334,7 +335,7 @@ def build():
         gr.Markdown(text("intro", tiny_dimr_rate=shapes_lab.rate_text(catalogue.TINY_DIMR),  # the header, above every tab
                          tiny_baseline_rate=shapes_lab.rate_text(catalogue.TINY_BASELINE)), elem_id="intro")
         with gr.Tabs():
-            generate_tab()
+            generate_tab(blocks)
             compare_tab()
             imagenet_tab()
     return blocks

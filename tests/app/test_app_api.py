@@ -302,3 +302,15 @@ def test_only_the_checks_of_a_requests_values_are_the_visitors_mistakes(app_modu
     assert error.value.title == "Cannot run" and "unknown class name 'unicorn'" in error.value.message
     [record] = [r for r in caplog.records if r.name.startswith("dimr")]
     assert record.levelname == "INFO" and record.exc_info is None and "refused: unknown class name" in record.message
+
+
+def test_the_model_menu_says_what_is_installed_when_the_page_loads_not_when_it_was_built(app_module, monkeypatch):
+    from dimr.demo import catalogue
+
+    page = app_module.build()
+    model = next(block for block in page.blocks.values() if block.elem_id == "model")
+    assert ("DiMR-XL/2R (not installed)", "DiMR-XL/2R") in model.choices
+    monkeypatch.setattr(catalogue, "missing_parts", lambda name: {})  # downloaded since the page was built
+    [on_load] = [fn for fn in page.fns.values()
+                 if any(event == "load" for _, event in fn.targets) and model in fn.outputs]
+    assert ("DiMR-XL/2R", "DiMR-XL/2R") in on_load.fn()["choices"]
