@@ -35,14 +35,14 @@ def refusing(check):
     return checked
 
 
-def failure_message(error):
-    """What the visitor is told about an exception, logged: a refusal as one line, anything else as an error with its
-    traceback."""
+def explained(error):
+    """(title, message) that the visitor is told about an exception, logged: a refusal as one line, anything else as
+    an error with its traceback."""
     if isinstance(error, Refused):
         log.info("refused: %s", " ".join(str(error).split()))
-        return str(error)
+        return "Cannot run", str(error)
     log.error("the server failed on a request", exc_info=error)
-    return SERVER_FAILED
+    return "The server failed", SERVER_FAILED
 
 
 class Refusals:
