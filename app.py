@@ -16,9 +16,10 @@ from gradio.utils import get_upload_folder
 
 from dimr.demo import catalogue, imagenet_compare, limits, serving, shapes_lab
 from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME
+from dimr.demo.kept import EVICTED, kept
 from dimr.demo.panel import CHANGES, ESTIMATES
 from dimr.demo.png_files import png_file
-from dimr.demo.refusals import Refusals, Refused, failure_message
+from dimr.demo.refusals import Refusals, explained
 from dimr.demo.request import Request
 from dimr.demo.zero_gpu import on_gpu
 from dimr.sampling.pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
@@ -44,15 +45,12 @@ REFUSALS = Refusals()  # each browser session's last refused request, for its st
 
 
 def checked(visitor, fn, *args, **kwargs):
-    """fn(...); a refused request becomes a gr.Error with its clear message, logged as one line (a visitor's mistake
-    is no server warning); any other failure is logged with its traceback and shown as the server's."""
+    """fn(...); a failure becomes a gr.Error: a refusal's own message, else the server's (dimr.demo.refusals logs it)."""
     try:
         return fn(*args, **kwargs)
     except Exception as err:  # noqa: BLE001 - every failure reaches the visitor, as a refusal or as the server's
-        message = failure_message(err)
-        if visitor is not None and visitor.session_hash:
-            REFUSALS.record(visitor.session_hash, message)
-        title = "Cannot run" if isinstance(err, Refused) else "The server failed"
+        title, message = explained(err)
+        REFUSALS.record(getattr(visitor, "session_hash", None), message)
         raise gr.Error(message, title=title, print_exception=False) from None
 
 
@@ -85,20 +83,21 @@ def text(name, **values):
 
 
 def sample(request, progress, visitor):
-    """Yield ('preview', captioned image files) while sampling, then ('done', Generation)."""
-    progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
+    """Yield ('preview', image files, status line) while loading and sampling, then ('done', Generation, None)."""
     updates = checked(visitor, serving.stream, request)
     while (update := checked(visitor, next, updates, None)) is not None:
-        if isinstance(update, serving.Progress):
+        if isinstance(update, serving.Loading):  # the status line says how long the model has been loading
+            progress(0, desc=update.describe())
+            yield "preview", [], update.describe()
+        elif isinstance(update, serving.Progress):
             progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
-            yield "preview", as_files(update.gallery())
+            yield "preview", as_files(update.gallery()), f"Sampling with {request.model}…"
         else:
-            yield "done", update
+            yield "done", update, None
 
 
 def sampling_settings(model, prefix=""):
-    """The sampling controls of a tab (guidance, its schedule, steps, sampler, seed), starting at a model's settings;
-    returns them by the request's parameter names. `prefix`: the tab's prefix for element ids."""
+    """A tab's sampling controls at a model's settings, by the request's parameter names; `prefix`: of element ids."""
     gr.Markdown("### Sampling")
     c = dict(guidance_scale=gr.Slider(0, limits.MAX_GUIDANCE, value=catalogue.default_guidance(model), step=0.1,
                                       label="Guidance scale", elem_id=f"{prefix}guidance", info="1 = no guidance; "
@@ -138,17 +137,18 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
     """Sample images_per_class images of each class. Returns the samples, the branch panel after the last step (per
     image: each branch's estimate, lowest resolution first, then the final image), its step, and a status line."""
     request = checked(visitor, Request.check, **controls(locals()))
-    for kind, value in sample(request, progress, visitor):
+    for kind, value, line in sample(request, progress, visitor):
         if kind == "preview":  # the panel of the previous run is cleared: it will belong to this one
-            yield value, [], request.num_inference_steps, f"Sampling with {request.model}…", gr.skip()
+            yield value, [], request.num_inference_steps, line, gr.skip()
         else:
             yield (as_files(value.gallery()), as_files(value.branch_panel()), request.num_inference_steps,
-                   serving.describe(value), value)
+                   serving.describe(value), kept().keep(value))
 
 
 def fit_panel(generation, panel_view):
-    """After a run: the panel in the chosen view and columns, the step slider (none for a single step), its note,
-    and the real shapes (shapes models)."""
+    """After a run: the panel in its view and columns, the step slider (none for one step), its note, real shapes."""
+    if (generation := generation.generation) is None:  # let go of since, to keep within the budget (dimr.demo.kept)
+        return gr.skip(), gr.skip(), EVICTED, gr.skip()
     steps = generation.request.num_inference_steps
     references = as_files(shapes_lab.reference_gallery(generation.request))
     # The run's answer holds the panel's estimates already; another view is made here.
@@ -159,11 +159,11 @@ def fit_panel(generation, panel_view):
 
 
 def show_step(generation, panel_step, panel_view):
-    """The branch panel after another step of the last generation (from what it kept; nothing is re-run). A step
-    typed out of range is refused in the panel's note."""
+    """The branch panel after another step of the last run (nothing re-run); a step out of range is refused in its note."""
     if generation is None:  # nothing generated yet: the panel stays empty
         return gr.skip(), gr.skip()
-    if refusal := generation.step_refusal(panel_step):
+    generation = generation.generation  # None once let go of (dimr.demo.kept)
+    if refusal := EVICTED if generation is None else generation.step_refusal(panel_step):
         return gr.skip(), refusal
     step = round(panel_step)
     return as_files(generation.branch_panel(step, panel_view)), generation.panel_note(step, panel_view)
@@ -171,7 +171,7 @@ def show_step(generation, panel_step, panel_view):
 
 def generate_tab(page):
     """The Generate tab and its API endpoint /generate. On a narrow screen the results come right after the Generate
-    button, and the sampling settings after them. The model menu's "(not installed)" marks are made per page load."""
+    button, and the sampling settings after them."""
     model = catalogue.default_model()
     with gr.Tab("Generate", id="generate"), gr.Row(elem_classes="tab-layout"):
         with gr.Column(elem_classes="tab-basics"):
@@ -213,7 +213,7 @@ def generate_tab(page):
     on(c["model"].change, on_model_change, c, [c["classes"], c["model_note"], c["guidance_scale"],
                                                 c["num_inference_steps"], c["classes_model"]], **PRIVATE)
     on(random_classes.click, pick_random_classes, c, c["classes"], **PRIVATE)
-    page.load(lambda: gr.update(choices=catalogue.model_menu()), None, c["model"], **PRIVATE)
+    page.load(lambda: gr.update(choices=catalogue.model_menu()), None, c["model"], **PRIVATE)  # "(not installed)"
 
 
 @on_gpu
@@ -224,11 +224,11 @@ def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidan
     requests = checked(visitor, shapes_lab.compare_requests, **controls(locals()))
     galleries, lines = [[], []], []
     for k, request in enumerate(requests):
-        for kind, value in sample(request, progress, visitor):
+        for kind, value, line in sample(request, progress, visitor):
             galleries[k] = value if kind == "preview" else as_files(shapes_lab.judged_gallery(value))
             if kind == "done":
                 lines.append(f"{serving.describe(value)}; {shapes_lab.verdict_count(value)}")
-            yield *galleries, "  \n".join(lines) or f"Sampling with {request.model}…"
+            yield *galleries, "  \n".join(lines) or line
 
 
 def compare_tab():
@@ -269,8 +269,8 @@ def compare_imagenet(classes, images_per_class, num_inference_steps, seed, dimr_
     """DiMR and DiT-XL/2 from the same initial noise and classes. Returns DiMR's samples, DiT's samples, DiMR's
     branch panel after the last step (per image: each branch's estimate, then the final image) and a status line."""
     request = checked(visitor, imagenet_compare.ComparisonRequest.check, **controls(locals()))
-    progress(0, desc="Loading both models (the first use downloads them)")
-    wait = imagenet_compare.cpu_wait(request, *checked(visitor, imagenet_compare.load_comparison, request))
+    progress(0, desc="Loading both models (the first use downloads them), then timing them")
+    wait = checked(visitor, imagenet_compare.prepare, request)
     yield [], [], [], wait + "Sampling…"
     updates, dimr_preview = imagenet_compare.stream_comparison(request), []
     while (update := checked(visitor, next, updates, None)) is not None:

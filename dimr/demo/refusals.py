@@ -54,6 +54,9 @@ class Refusals:
         self._lock = threading.Lock()
 
     def record(self, session, message):
+        """Keep a session's refusal; none for a caller without a session (None)."""
+        if not session:
+            return
         with self._lock:
             self._messages[session] = message
             self._messages.move_to_end(session)
