@@ -45,7 +45,7 @@ REFUSALS = Refusals()  # each browser session's last refused request, for its st
 
 
 def checked(visitor, fn, *args, **kwargs):
-    """fn(...); a failure becomes a gr.Error: a refusal's own message, else the server's (dimr.demo.refusals logs it)."""
+    """fn(...); a failure becomes a gr.Error: a refusal's own message, else the server's (dimr.demo.refusals)."""
     try:
         return fn(*args, **kwargs)
     except Exception as err:  # noqa: BLE001 - every failure reaches the visitor, as a refusal or as the server's
@@ -159,7 +159,7 @@ def fit_panel(generation, panel_view):
 
 
 def show_step(generation, panel_step, panel_view):
-    """The branch panel after another step of the last run (nothing re-run); a step out of range is refused in its note."""
+    """The branch panel after another step of the last run (nothing re-run); a step out of range is refused."""
     if generation is None:  # nothing generated yet: the panel stays empty
         return gr.skip(), gr.skip()
     generation = generation.generation  # None once let go of (dimr.demo.kept)

@@ -95,9 +95,9 @@ def main():
     print("| budget | sessions x Generation | without the budget | server's own size | peak "
           "| peak above own size |")
     print("|---|---|---|---|---|---|")
-    print(f"| {args.budget_mb:g} MB | {args.sessions} x {generation_mb:.1f} MB | {args.sessions * generation_mb:.0f} MB "
-          f"| {own:.0f} MiB | {highest:.0f} MiB | **{above:.0f} MiB** (budget + slack: "
-          f"{args.budget_mb + args.slack_mb:g}) |")
+    print(f"| {args.budget_mb:g} MB | {args.sessions} x {generation_mb:.1f} MB | "
+          f"{args.sessions * generation_mb:.0f} MB | {own:.0f} MiB | {highest:.0f} MiB | **{above:.0f} MiB** "
+          f"(budget + slack: {args.budget_mb + args.slack_mb:g}) |")
     return 0 if above <= args.budget_mb + args.slack_mb else 1
 
 

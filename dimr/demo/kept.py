@@ -5,14 +5,14 @@
 
 A session's panel reads its last Generation again at every step it shows, so each session keeps one; without a bound
 the memory grows with the sessions (up to about 37 MB each at 250 steps x 3 branches x 16 images). The oldest
-Generation kept goes first; a Generation shared by equal requests counts once. DIMR_KEPT_MB sets the budget.
+Generation kept goes first; a Generation shared by equal requests counts once; one no session holds any more (its
+next run replaced it, or the session expired) goes at once. DIMR_KEPT_MB sets the budget.
 """
 
 import collections
 import itertools
 import os
 import threading
-from dataclasses import dataclass
 
 DEFAULT_BUDGET_MB = 1024
 EVICTED = ("**This panel's data was let go of to keep the server's memory within its budget (other visitors' runs "
@@ -33,16 +33,33 @@ def size_of(generation):
     return generation.images.nbytes + generation.branch_images.nbytes
 
 
-@dataclass(frozen=True)
 class Handle:
-    """What a session keeps: the key of its Generation in the process's store (a key only, so that copying a
-    session's state copies no images)."""
+    """What a session keeps: the key of its Generation in the process's store. When the session lets go of it (a new
+    run replaces it, or the session expires), so does the store, once no other session's handle holds it."""
 
-    key: int
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
 
     @property
     def generation(self):
         return kept().get(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, Handle) and other.key == self.key
+
+    __hash__ = None
+
+    def __copy__(self):
+        return self  # a copy of a session's state shares the handle: it stays one reference
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __del__(self):
+        if KEPT is not None:
+            KEPT.release(self.key)
 
 
 class Kept:
@@ -50,7 +67,8 @@ class Kept:
 
     def __init__(self, budget=None):
         self.budget = budget_bytes() if budget is None else budget
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a handle let go of inside keep() releases its key on the same thread
+        self._handles = collections.Counter()  # key -> the handles that sessions hold
         self._generations = collections.OrderedDict()  # key -> Generation, oldest first
         self._keys = {}  # id(Generation) -> its key, while it is kept
         self._counter = itertools.count()
@@ -65,15 +83,28 @@ class Kept:
                 self.bytes += size_of(generation)
                 self._generations[key] = generation
             self._generations.move_to_end(key)
+            self._handles[key] += 1
             while self.bytes > self.budget and len(self._generations) > 1:
-                _, oldest = self._generations.popitem(last=False)
-                del self._keys[id(oldest)]
-                self.bytes -= size_of(oldest)
+                self._drop(next(iter(self._generations)))
             return Handle(key)
 
     def get(self, key):
         with self._lock:
             return self._generations.get(key)
+
+    def release(self, key):
+        """A handle of `key` is gone: the Generation goes with the last one."""
+        with self._lock:
+            self._handles[key] -= 1
+            if self._handles[key] <= 0:
+                del self._handles[key]
+                if key in self._generations:
+                    self._drop(key)
+
+    def _drop(self, key):
+        generation = self._generations.pop(key)
+        del self._keys[id(generation)]
+        self.bytes -= size_of(generation)
 
 
 KEPT = None

@@ -62,3 +62,20 @@ def test_the_budget_is_the_operators(monkeypatch):
     monkeypatch.setenv("DIMR_KEPT_MB", "lots")
     with pytest.raises(ValueError, match="DIMR_KEPT_MB='lots' must be a number of megabytes"):
         Kept()
+
+
+def test_a_generation_goes_when_no_session_holds_it_any_more(store):
+    """An API client is one session that runs request after request: its earlier Generations must not pile up until
+    the budget is full."""
+    import copy
+
+    first = store.keep(generation(1))
+    shared = [store.keep(generation(1))]
+    shared.append(store.keep(shared[0].generation))  # an equal request of the same run, in another session
+    assert copy.deepcopy(first) is first, "a copy of a session's state shares its handle"
+    del first  # the session's next run replaced it
+    assert store.bytes == 1 * MB
+    shared.pop()
+    assert store.bytes == 1 * MB and shared[0].generation is not None, "the other session still holds it"
+    shared.pop()
+    assert store.bytes == 0
