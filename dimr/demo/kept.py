@@ -1,7 +1,7 @@
 """The Generations that browser sessions keep for their branch panel, within one byte budget for all sessions together.
 
-    handle = KEPT.keep(generation)   # a session keeps this small handle (its gr.State), not the Generation
-    handle.generation                # the Generation, or None once it was let go of to stay within the budget
+    handle = kept().keep(generation)   # a session keeps this small handle (its gr.State), not the Generation
+    handle.generation                  # the Generation, or None once it was let go of to stay within the budget
 
 A session's panel reads its last Generation again at every step it shows, so each session keeps one; without a bound
 the memory grows with the sessions (up to about 37 MB each at 250 steps x 3 branches x 16 images). The oldest

@@ -1,9 +1,9 @@
 """How long a request holds the device, estimated before it samples, from measured rates.
 
-    rates = device_rates(pipe, "DiMR-XL/2R")   # committed GPU measurements, else a short measurement here (kept)
+    rates = device_rates(pipe, "DiMR-XL/2R")    # committed GPU measurements, else a short measurement here (kept)
     rates.seconds(images=4, evaluations=25, guided=True, decodes=4)
-    request_seconds(request, pipe, rates)      # a demo request: its evaluations, guidance batch and decodes
-    check_time(request, pipe, rates)           # Refused, with the estimate and what would fit, over the limit
+    request_seconds(request, pipe, rates, 40)   # a demo request: its evaluations, guidance batch and decodes
+    check_time(request, seconds_of, rates, "this server's cpu")   # Refused over the limit: estimate, what fits
 
 Rates are seconds per network evaluation by network batch (a guided run evaluates the conditional and the
 unconditional half at once: twice the images) and seconds per decoded image by decoder batch, interpolated
