@@ -31,6 +31,6 @@ def test_load_app_prints_the_floor_both_bursts_their_ratios_and_the_servers_memo
 def test_session_memory_prints_the_peak_against_the_budget(run_script):
     stdout = run_script("benchmarks/session_memory.py", "--budget-mb", "0.5", "--sessions", "3", "--steps", "4")
     assert "3 sessions would keep 2 MB without the budget (3.7 x the budget of 0.5 MB)" in stdout
-    assert "the server's own size (its peak during a first request of this size" in stdout
+    assert "the server's own size (after a first request of this size" in stdout
     table = stdout[stdout.index("| budget |"):]
-    assert "| 0.5 MB | 3 x 0.6 MB | 2 MB |" in table and "peak above own size" in table
+    assert "| 0.5 MB | 3 x 0.6 MB | 2 MB |" in table and "peak while sampling" in table
