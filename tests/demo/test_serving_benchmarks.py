@@ -29,7 +29,9 @@ def test_load_app_prints_the_floor_both_bursts_their_ratios_and_the_servers_memo
 
 
 def test_session_memory_prints_the_peak_against_the_budget(run_script):
-    stdout = run_script("benchmarks/session_memory.py", "--budget-mb", "0.5", "--sessions", "3", "--steps", "4")
+    # The memory's judgement is the benchmark's to print, not this test's: the allocator moves it by tens of MiB.
+    stdout = run_script("benchmarks/session_memory.py", "--budget-mb", "0.5", "--sessions", "3", "--steps", "4",
+                        "--slack-mb", "100000")
     assert "3 sessions would keep 2 MB without the budget (3.7 x the budget of 0.5 MB)" in stdout
     assert "the server's own size (after a first request of this size" in stdout
     table = stdout[stdout.index("| budget |"):]
