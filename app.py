@@ -13,14 +13,14 @@ from gradio.utils import get_upload_folder
 
 from dimr.demo import catalogue, imagenet_compare, limits, panel_film, serving, shapes_lab
 from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME
+from dimr.demo.kept import EVICTED, kept
 from dimr.demo.panel import CHANGES, ESTIMATES, STEP_LABEL
 from dimr.demo.png_files import png_file
-from dimr.demo.refusals import Refusals
+from dimr.demo.refusals import Refusals, explained
 from dimr.demo.request import Request
 from dimr.demo.zero_gpu import on_gpu
 from dimr.sampling.pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
 
-log = logging.getLogger("dimr.app")
 ROOT = Path(__file__).resolve().parent
 THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"])
 GALLERY = dict(height="fit-content", format="png", object_fit="contain", elem_classes="pixelated",
@@ -43,17 +43,14 @@ UPLOADS = Path(get_upload_folder()) / "dimr"  # the page's files, in Gradio's ca
 
 
 def checked(visitor, fn, *args, **kwargs):
-    """fn(...); a bad request or an unavailable model becomes a gr.Error with its clear message, logged as one line
-    (a visitor's mistake is no server warning)."""
+    """fn(...); a failure becomes a gr.Error: a refusal's own message, else the server's (dimr.demo.refusals)."""
     try:
         return fn(*args, **kwargs)
-    except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: files, downloads
-        message = str(err)
-        log.info("refused: %s", " ".join(f"{message} {getattr(err, 'operator', '')}".split()))
-        if visitor is not None and visitor.session_hash:
-            REFUSALS.record(visitor.session_hash, err)
+    except Exception as err:  # noqa: BLE001 - every failure reaches the visitor, as a refusal or as the server's
+        title, message = explained(err)
+        REFUSALS.record(getattr(visitor, "session_hash", None), err)
         # A visitor's run is refused once, in its tab's status line (`refused`); the error is for API clients.
-        raise gr.Error(message, title="Cannot run", visible=visitor is None, print_exception=False) from None
+        raise gr.Error(message, title=title, visible=visitor is None, print_exception=False) from None
 
 
 def refused(components):
@@ -88,14 +85,29 @@ def text(name, **values):
 
 
 def checked_stream(visitor, updates):
-    """Each update of a generator, its refusals handled as in `checked`."""
+    """Each update of a generator, its failures handled as in `checked`."""
     while (update := checked(visitor, next, updates, None)) is not None:
         yield update
 
 
+def sampled(request, progress, visitor):
+    """serving.stream(request) through `checked_stream`, telling `progress` what happens: Loading only while the
+    model loads (the first use of a released model downloads it), then the steps."""
+    for update in checked_stream(visitor, serving.stream(request)):
+        if isinstance(update, serving.Loading):
+            progress(0, desc=update.describe())
+        elif isinstance(update, serving.Progress):
+            progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
+        yield update
+
+
+def held(state):
+    """The Generation a session's state holds (dimr.demo.kept), or None: nothing run yet, or let go of since."""
+    return None if state is None else state.generation
+
+
 def sampling_settings(model, prefix=""):
-    """The sampling controls of a tab (guidance, its schedule, steps, sampler, seed), starting at a model's settings;
-    returns them by the request's parameter names. `prefix`: the tab's prefix for element ids."""
+    """A tab's sampling controls at a model's settings, by the request's parameter names; `prefix`: of element ids."""
     gr.Markdown("### Sampling")
     c = dict(guidance_scale=gr.Slider(0, limits.MAX_GUIDANCE, value=catalogue.default_guidance(model), step=0.1,
                                       label="Guidance scale", elem_id=f"{prefix}guidance", info="1 = no guidance; "
@@ -135,17 +147,21 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
     """Sample images_per_class images of each class. Returns the samples, the branch panel after the last step (per
     image: each branch's estimate, lowest resolution first, then the final image), its step, and a status line."""
     request = checked(visitor, Request.check, **controls(locals()))
-    for update in checked_stream(visitor, serving.reported(request, progress)):
-        if isinstance(update, serving.Progress):  # the previous run's panel goes: the panel will be this one's
+    for update in sampled(request, progress, visitor):
+        if isinstance(update, serving.Loading):  # the status line says how long the model has been loading
+            yield gr.skip(), gr.skip(), gr.skip(), update.describe(), gr.skip()
+        elif isinstance(update, serving.Progress):  # the previous run's panel goes: the panel will be this one's
             yield as_files(update.gallery()), [], request.num_inference_steps, f"Sampling with {request.model}…", None
         else:
             yield (as_files(shapes_lab.final_gallery(update)), as_files(update.branch_panel()),
-                   request.num_inference_steps, serving.describe(update), update)
+                   request.num_inference_steps, serving.describe(update), kept().keep(update))
 
 
 def fit_panel(generation, panel_view):
     """After a run: the panel in the chosen view and columns, the step slider (none for a single step), its note,
     the real shapes (shapes models), and no film or files yet (made when asked for)."""
+    if (generation := held(generation)) is None:  # let go of since, to keep within the budget (dimr.demo.kept)
+        return gr.skip(), gr.skip(), EVICTED, gr.skip(), [], None
     steps = generation.request.num_inference_steps
     references = as_files(shapes_lab.reference_gallery(generation.request))
     # The run's answer holds the panel's estimates already; another view is made here.
@@ -160,7 +176,8 @@ def show_step(generation, panel_step, panel_view):
     this run does not have is refused in the panel's note."""
     if generation is None:  # nothing generated yet: the panel stays empty
         return gr.skip(), gr.skip()
-    if refusal := generation.step_refusal(panel_step):
+    generation = held(generation)
+    if refusal := EVICTED if generation is None else generation.step_refusal(panel_step):
         return gr.skip(), refusal
     return as_files(generation.branch_panel(panel_step, panel_view)), generation.panel_note(panel_step, panel_view)
 
@@ -168,12 +185,12 @@ def show_step(generation, panel_step, panel_view):
 def film(generation, panel_view, film):
     """The panel after each step, one small frame each captioned with its step: sent once per run and view (Play
     asks; a run or another view clears it), then played in the browser (assets/app.js) without the server."""
-    if film or generation is None:
+    if film or held(generation) is None:
         return gr.skip()
-    return as_files((frame, str(step)) for step, frame in panel_film.frames(generation, panel_view))
+    return as_files((frame, str(step)) for step, frame in panel_film.frames(held(generation), panel_view))
 
 
-def generate_tab():
+def generate_tab(page):
     """The Generate tab and its API endpoint /generate. On a narrow screen the results come right after the Generate
     button, and the sampling settings after them."""
     model = catalogue.default_model()
@@ -223,12 +240,13 @@ def generate_tab():
            **PANEL_EVENTS)
     c["panel_view"].change(lambda: ([], None), None, [c["film"], downloads], **PANEL_EVENTS)  # of the other view
     on(play.click, film, c, c["film"], **PANEL_EVENTS)  # assets/app.js plays it, and pauses
-    on(make.click, lambda generation, panel_view: generation and panel_film.download_files(generation, panel_view,
-                                                                                            UPLOADS), c, downloads,
+    on(make.click, lambda generation, panel_view: held(generation) and panel_film.download_files(
+        held(generation), panel_view, UPLOADS), c, downloads,
        **PANEL_EVENTS)  # for slides: the panel as a GIF, each sample across its steps as a PNG
     on(c["model"].change, on_model_change, c, [c["classes"], c["model_note"], c["guidance_scale"],
                                                 c["num_inference_steps"], c["classes_model"]], **PRIVATE)
     on(random_classes.click, pick_random_classes, c, c["classes"], **PRIVATE)
+    page.load(lambda: gr.update(choices=catalogue.model_menu()), None, c["model"], **PRIVATE)  # "(not installed)"
 
 
 @on_gpu
@@ -237,7 +255,8 @@ def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidan
     """The tiny DiMR and the baseline from the same classes, noise and settings. Returns the pairs, three to a row (the
     real shape, DiMR's sample, the baseline's; verdicts as 'DiMR: ✓ recognised, p 0.97'), and a status line."""
     requests = checked(visitor, shapes_lab.compare_requests, **controls(locals()))
-    for pairs, status in shapes_lab.compared(requests, lambda request: checked_stream(visitor, serving.reported(request, progress))):
+    samples = lambda request: (u for u in sampled(request, progress, visitor) if not isinstance(u, serving.Loading))
+    for pairs, status in shapes_lab.compared(requests, samples):
         yield as_files(pairs), status
 
 
@@ -272,8 +291,8 @@ def compare_imagenet(classes, images_per_class, num_inference_steps, seed, dimr_
     """DiMR and DiT-XL/2 from the same initial noise and classes. Returns DiMR's samples, DiT's samples, DiMR's
     branch panel after the last step (per image: each branch's estimate, then the final image) and a status line."""
     request = checked(visitor, imagenet_compare.ComparisonRequest.check, **controls(locals()))
-    progress(0, desc="Loading both models (the first use downloads them)")
-    wait = imagenet_compare.cpu_wait(request, *checked(visitor, imagenet_compare.load_comparison, request))
+    progress(0, desc="Loading both models (the first use downloads them), then timing them")
+    wait = checked(visitor, imagenet_compare.prepare, request)
     yield [], [], [], wait + "Sampling…"
     updates = checked_stream(visitor, imagenet_compare.stream_comparison(request))
     for dimr, dit, panel, status in imagenet_compare.page_updates(updates, wait, progress):
@@ -333,7 +352,7 @@ def build():
         gr.Markdown(text("intro", tiny_dimr_rate=shapes_lab.rate_text(catalogue.TINY_DIMR),  # the header, above every tab
                          tiny_baseline_rate=shapes_lab.rate_text(catalogue.TINY_BASELINE)), elem_id="intro")
         with gr.Tabs():
-            generate_tab()
+            generate_tab(blocks)
             compare_tab()
             imagenet_tab()
     return blocks

@@ -5,6 +5,7 @@ each, its default guidance, 25 steps of the default sampler), compared with the 
     python benchmarks/load_app.py                  # starts app.py on a free loopback port, stops it at the end
     python benchmarks/load_app.py --url http://127.0.0.1:7860/ --pid PID    # an app you started (loopback only)
     python benchmarks/load_app.py --classes ring star --steps 10 --sampler dpm++2m --guidance 1.4  # another request
+    python benchmarks/load_app.py --class-mix      # each visitor its own classes (as many as the request has)
     DIMR_MODEL=DIR python benchmarks/load_app.py --model DIR --concurrency 16   # a saved model directory
 
 Prints the request it sends (as JSON), then, in one run on this machine:
@@ -16,13 +17,16 @@ Prints the request it sends (as JSON), then, in one run on this machine:
 4. a burst of --concurrency simultaneous equal requests: p95, and p95 / one request alone;
 5. the server's resident memory (VmRSS of its process) before and after --requests more requests with new seeds,
    sent --concurrency at a time, and after each of those batches;
-then the table of docs/serving.md. A request counts as answered when it returns every sample and the whole branch
+then the table of docs/serving.md. With --class-mix every request of the bursts and the floor has its own classes (as
+many as the request has, drawn from the model's classes with the request's seed), as a class of visitors picking
+their own; the equal burst repeats the first of them. A request counts as answered when it returns every sample and the whole branch
 panel and every image file can be fetched, as a browser fetches them; exits with status 1 if any is not.
 """
 
 import argparse
 import importlib.util
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -43,6 +47,7 @@ FILES = httpx.Client(timeout=60)  # one connection pool for every image fetched
 # The targets of docs/serving.md.
 VARIED_TARGET = 1.3  # p95 of the burst of different requests / the floor
 EQUAL_TARGET = 3.0  # p95 of the burst of equal requests / one request alone
+MIX = ", each its own classes"
 
 
 def rss_mib(pid):
@@ -75,11 +80,19 @@ def chosen_request(args):
     return {**request, **{k: v for k, v in chosen.items() if v is not None}}
 
 
-def seeded(request, seeds):
-    return [{**request, "seed": seed} for seed in seeds]
+def seeded(request, seeds, class_mix=False):
+    """The request with each seed; with class_mix, each also with its own classes, drawn with its seed."""
+    if not class_mix:
+        return [{**request, "seed": seed} for seed in seeds]
+    from dimr.demo import catalogue
+
+    labels = catalogue.model_labels(request["model"])
+    names = [labels.name(c) for c in range(len(labels))]
+    return [{**request, "seed": seed, "classes": random.Random(seed).sample(names, len(request["classes"]))}
+            for seed in seeds]
 
 
-def sampling_floor(request, count):
+def sampling_floor(request, count, class_mix=False):
     """Seconds to sample `count` requests (seeds 0..count-1) back to back with the pipeline, as the app samples one
     (its settings, the branch trace of the panel's steps, the server's CPU threads); after one untimed run."""
     import torch
@@ -88,7 +101,7 @@ def sampling_floor(request, count):
     from dimr.demo.request import Request
 
     torch.set_num_threads(serving.cpu_threads(request["model"]))
-    checked = [Request.check(**r) for r in seeded(request, range(count))]
+    checked = [Request.check(**r) for r in seeded(request, range(count), class_mix)]
     pipe = serving.load(request["model"], request["sampler"])
     pipe.set_progress_bar_config(disable=True)
 
@@ -144,10 +157,11 @@ def load_test(url, pid, request, floor, args):
     single = statistics.median(timed_request(client, request, columns) for _ in range(3))
     print(f"one request alone through the app: {single:.2f} s (median of 3)")
 
-    varied = burst(client, seeded(request, range(n)), columns)
-    print(f"burst of {n} requests with seeds 0..{n - 1}: all answered; {spread(varied)}; "
+    varied = burst(client, seeded(request, range(n), args.class_mix), columns)
+    mix = MIX if args.class_mix else ""
+    print(f"burst of {n} requests with seeds 0..{n - 1}{mix}: all answered; {spread(varied)}; "
           f"p95 / floor {percentile(varied, 95) / floor:.2f} (target <= {VARIED_TARGET})")
-    equal = burst(client, [request] * n, columns)
+    equal = burst(client, seeded(request, [0], args.class_mix) * n, columns)
     print(f"burst of {n} equal requests: all answered; {spread(equal)}; "
           f"p95 / one alone {percentile(equal, 95) / single:.2f} (target <= {EQUAL_TARGET})")
 
@@ -157,7 +171,8 @@ def load_test(url, pid, request, floor, args):
         start = time.perf_counter()
         for sent in range(0, args.requests, n):
             first_seed = n + sent  # new seeds: every request is sampled
-            burst(client, seeded(request, range(first_seed, first_seed + min(n, args.requests - sent))), columns)
+            burst(client, seeded(request, range(first_seed, first_seed + min(n, args.requests - sent)), args.class_mix),
+                  columns)
             trail.append(rss_mib(pid))
         print(f"{args.requests} more requests ({n} at a time, new seeds) in {time.perf_counter() - start:.1f} s: "
               f"server RSS {before:.0f} MiB before, {trail[-1]:.0f} MiB after ({trail[-1] - before:+.0f} MiB); "
@@ -170,7 +185,7 @@ def load_test(url, pid, request, floor, args):
     print("|---|---|---|")
     print(f"| floor: {n} requests sampled back to back in-process | {floor:.1f} s | |")
     print(f"| one request alone through the app | {single:.2f} s | |")
-    print(f"| {n} concurrent requests, seeds 0..{n - 1} | {spread(varied)}; "
+    print(f"| {n} concurrent requests, seeds 0..{n - 1}{mix} | {spread(varied)}; "
           f"**p95 = {percentile(varied, 95) / floor:.2f} x floor** | <= {VARIED_TARGET} x floor |")
     print(f"| {n} concurrent equal requests | {spread(equal)}; **p95 = {percentile(equal, 95) / single:.2f} x one "
           f"alone** | <= {EQUAL_TARGET} x one alone |")
@@ -191,6 +206,8 @@ def main():
     parser.add_argument("--images-per-class", type=int, help="images per class (default 1)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the demo's for the model)")
     parser.add_argument("--sampler", help="sampler name (default: the demo's)")
+    parser.add_argument("--class-mix", action="store_true",
+                        help="each request its own classes, drawn with its seed (default: all the same classes)")
     args = parser.parse_args()
     if not 1 <= args.concurrency <= MAX_CONCURRENCY:
         parser.error(f"--concurrency must be 1..{MAX_CONCURRENCY}")
@@ -203,7 +220,7 @@ def main():
             parser.error("--pid is needed with --url (the server's process, for its memory)")
     request = chosen_request(args)
     print(f"each request: {json.dumps(request)}")
-    floor = sampling_floor(request, args.concurrency)
+    floor = sampling_floor(request, args.concurrency, args.class_mix)
     print(f"floor: {args.concurrency} requests (seeds 0..{args.concurrency - 1}) sampled back to back in this "
           f"process: {floor:.1f} s ({floor / args.concurrency:.2f} s each)")
     if args.url:

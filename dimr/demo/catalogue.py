@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from dimr.checks import shown
+from dimr.demo.refusals import Refused
 from dimr.lab.shapes import CLASS_NAMES
 from dimr.network.model import DiMRModel
 from dimr.sampling import caches, defaults
@@ -47,7 +49,7 @@ def model_description(name):
 def check_model(name):
     allowed = model_choices()
     if name not in allowed:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(allowed)}")
+        raise Refused(f"unknown model {shown(name)}; choose one of {', '.join(allowed)}")
     return name
 
 

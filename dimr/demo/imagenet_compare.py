@@ -16,7 +16,8 @@ device) goes to both models unchanged. Each then samples with its own published 
   for bit.
 Both sample on the demo's one sampling thread (dimr.demo.serving), in turn with other visitors' requests.
 Both decode with an SD VAE (DiMR: sd-vae-ft-ema; DiT: the VAE in its repo), 0.18215 latent scaling.
-On a CPU a comparison takes minutes: `estimate_seconds` says how many before sampling starts.
+On a CPU a comparison takes minutes: `estimate_seconds` says how many before sampling starts (dimr.demo.timing, as for
+every request), and refuses one longer than the operator allows.
 """
 
 import time
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from dimr.demo import serving
+from dimr.demo import serving, timing
 from dimr.demo.catalogue import default_model, model_choices, model_labels
 from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME, dit_decode, dit_denoise, dit_missing, load_dit
-from dimr.demo.panel import Generation, enlarge, panel_steps
+from dimr.demo.panel import Generation, enlarge
+from dimr.demo.refusals import refusing
 from dimr.demo.request import Request, check_guidance_scale
 from dimr.network.acceleration import mode_dtype
 from dimr.network.weights import CheckpointError
@@ -43,9 +45,6 @@ DEFAULT_STEPS = 50
 NOT_INSTALLED = ("The ImageNet models are not installed on this server, so this comparison cannot run here; the "
                  "Generate and Compare tabs work with the tiny models.")
 PATCH_GRID_COLOR = (255, 255, 255, 110)
-# The share of a plain 1024^3 matmul's FLOP/s that the XL networks' float32 forwards reach on a CPU (compare
-# `matmul_speed("cpu")` with a timed forward of each network: docs/imagenet.md).
-NETWORK_EFFICIENCY = 0.75
 
 
 def imagenet_dimr_model():
@@ -63,6 +62,7 @@ class ComparisonRequest:
     patch_grid: bool = False
 
     @classmethod
+    @refusing
     def check(cls, *, classes, images_per_class=1, num_inference_steps=DEFAULT_STEPS, seed=0,
               dimr_guidance_scale=DIMR_GUIDANCE, dit_guidance_scale=DIT_GUIDANCE, patch_grid=False):
         """Validate everything before any model is loaded; ValueError names the bad value and what is allowed."""
@@ -178,7 +178,7 @@ def stream_comparison(request, stop=None):
     for update in serving.stream(dimr_request, stop, latents=noise):
         if isinstance(update, serving.Progress):
             yield ComparisonProgress(dimr_request.model, update.step, update.total, update)
-        else:
+        elif not isinstance(update, serving.Loading):  # loaded by load_comparison, timed by prepare: a moment
             generation = update
 
     def sample_dit(progress):
@@ -224,69 +224,42 @@ def describe_comparison(comparison):
             f"{comparison.dit_seconds:.1f} s on {serving.device()}")
 
 
-# ---------------------------------------------------------------------------------------- the wait on a CPU
+# ---------------------------------------------------------------------------------------- the wait
 
 
 def estimate_seconds(request, dimr_pipe, dit_pipe):
-    """Roughly how long a comparison takes, in seconds: both networks' FLOPs per step (with guidance, twice the
-    batch) plus the VAE decodes (final images, DiMR's previews and branch panel), divided by NETWORK_EFFICIENCY x
-    this device's float32 matrix-multiply speed. Meant for CPUs, where the wait is many minutes."""
-    r = request.dimr
-    batch, steps = len(r.labels), r.num_inference_steps
-    shape = (1, *dimr_pipe.latent_shape)
-    # The calls run on the meta device: the tensors they make there hold shapes only.
-    dimr_flops = _forward_flops(dimr_pipe.model, lambda m: m(torch.zeros(shape), torch.tensor([500.0]),
-                                                             torch.tensor([0])))
-    dit_flops = _forward_flops(dit_pipe.transformer, lambda m: m(torch.zeros(shape), timestep=torch.tensor([500]),
-                                                                 class_labels=torch.tensor([0])))
-    decode_flops = _forward_flops(dimr_pipe.vae, lambda m: m.decode(torch.zeros(shape)))
-    panel_decodes = len(panel_steps(dimr_pipe, steps)) * len(dimr_pipe.model.branch_scales)
-    # Decodes per image: both final images, the panel, and about one DiMR preview per step (a CPU step of a
-    # latent model takes longer than serving.PREVIEW_INTERVAL_S).
-    decodes = 2 + panel_decodes + steps
-    total = (steps * batch * ((1 + (r.guidance_scale != 1)) * dimr_flops + (1 + (request.dit_guidance_scale > 1))
-                              * dit_flops) + batch * decodes * decode_flops)
-    return total / (NETWORK_EFFICIENCY * matmul_speed(str(dimr_pipe.device)))
+    """How long a comparison holds the device, in seconds, from this device's speeds (dimr.demo.timing, the estimate
+    of every request): DiMR's request (dimr.demo.serving.check_time), then DiT's steps (twice the batch when guided)
+    and decodes of the same images. Refused when that is more than the operator allows."""
+    dit_rates = caches.remembered(("rates", DIT_NAME, str(dit_pipe.device), str(dit_pipe.transformer.dtype)),
+                                  lambda: dit_speeds(dit_pipe))
+
+    def dit_seconds(r):
+        return dit_rates.seconds(len(r.labels), r.num_inference_steps, request.dit_guidance_scale > 1, len(r.labels))
+
+    return serving.check_time(request.dimr, dimr_pipe, dit_seconds)
 
 
-def _forward_flops(module, call):
-    """FLOPs of one call of a module's architecture, counted on the meta device (no weights touched, no compute);
-    kept in dimr.sampling.caches per architecture."""
-    from torch.utils.flop_counter import FlopCounterMode
+def dit_speeds(dit_pipe):
+    """timing.measured_rates of DiT's transformer and VAE on their device."""
+    config, device = dit_pipe.transformer.config, dit_pipe.device
+    shape = (config.in_channels, config.sample_size, config.sample_size)
 
-    def count():
-        with torch.device("meta"):
-            twin = type(module).from_config(module.config)
-            with FlopCounterMode(display=False) as counter:
-                call(twin)
-        return counter.get_total_flops()
+    def run(batch, steps):
+        for _ in range(steps):
+            dit_pipe.transformer(torch.zeros((batch, *shape), device=device, dtype=dit_pipe.transformer.dtype),
+                                 timestep=torch.full((batch,), 500, device=device),
+                                 class_labels=torch.zeros(batch, dtype=torch.long, device=device))
 
-    return caches.remembered(("flops", type(module).__name__, str(dict(module.config))), count)
+    def decode(batch):
+        dit_decode(dit_pipe, torch.zeros((batch, *shape), device=device))
 
-
-def matmul_speed(device, size=1024, repeats=4):
-    """The float32 matrix-multiply FLOP/s of a device: one short measurement the first time, kept in dimr.sampling.caches."""
-    def measure():
-        a = torch.randn(size, size, device=device)
-        a @ a  # warm-up
-        if a.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            b = a @ a
-        b.sum().item()
-        return repeats * 2 * size**3 / (time.perf_counter() - start)
-
-    return caches.remembered(("matmul_speed", str(device), size, repeats), measure)
+    return timing.measured_rates(run, decode, f"this {device.type}")
 
 
-def cpu_wait(request, dimr_pipe, dit_pipe):
-    """'On this CPU this comparison takes about 12 minutes. ' before a run on a CPU; '' on other devices."""
-    if dimr_pipe.device.type != "cpu":
-        return ""
-    return f"On this CPU this comparison takes {wait_note(estimate_seconds(request, dimr_pipe, dit_pipe))}. "
-
-
-def wait_note(seconds):
-    """'about 12 minutes' / 'about 40 seconds'."""
-    return f"about {seconds / 60:.0f} minutes" if seconds >= 90 else f"about {max(seconds, 1):.0f} seconds"
+def prepare(request):
+    """Load both models and estimate the comparison's time (Refused over the limit); on a CPU, the status line's
+    'On this CPU this comparison takes about 12 minutes. ', else ''."""
+    dimr_pipe, dit_pipe = load_comparison(request)
+    seconds = estimate_seconds(request, dimr_pipe, dit_pipe)
+    return f"On this CPU this comparison takes {timing.wait_note(seconds)}. " if dimr_pipe.device.type == "cpu" else ""

@@ -1,31 +1,69 @@
-"""Why each browser session's last request was refused, kept for the status line that a failure event fills, and
-said in the page's words.
+"""Why a request was not run, and each browser session's last such reason, kept for the status line that a failure
+event fills and said in the page's words.
 
-API clients never trigger that event, so only the latest sessions are kept. Handler threads record and read at once.
+A `Refused` request is the visitor's to change (a value out of range, a model this server cannot load, more time than
+it allows); any other failure is the server's: logged with its traceback, and the visitor told to retry. API clients
+never trigger the failure event, so only the latest sessions are kept. Handler threads record and read at once.
 
     page_message(error, {"num_inference_steps": "Steps"})   # 'Steps must be 1 to 250; you typed 0.'
 """
 
 import collections
+import functools
+import logging
 import threading
 
 from dimr.checks import OutOfRange
+
+log = logging.getLogger(__name__)
+SERVER_FAILED = ("The server failed while running this request (the reason is in its log, for its operator). Your "
+                 "settings are kept: run it again.")
+
+
+class Refused(ValueError):
+    """A request this server will not run, with the message for the visitor: what is wrong and what is allowed."""
+
+
+def refusing(check):
+    """A request's check whose ValueErrors (the visitor's values) are raised again as Refused (the original kept as
+    its cause, for `page_message`)."""
+    @functools.wraps(check)
+    def checked(*args, **kwargs):
+        try:
+            return check(*args, **kwargs)
+        except Refused:
+            raise
+        except ValueError as err:
+            raise Refused(str(err)) from err
+
+    return checked
+
+
+def explained(error):
+    """(title, message) that the visitor is told about an exception, logged: a refusal as one line (with what the
+    operator must do, where the error says), anything else as an error with its traceback."""
+    if isinstance(error, Refused):
+        log.info("refused: %s", " ".join(f"{error} {getattr(error, 'operator', '')}".split()))
+        return "Cannot run", str(error)
+    log.error("the server failed on a request", exc_info=error)
+    return "The server failed", SERVER_FAILED
 
 
 def page_message(error, labels):
     """A refused request as the page says it: a value out of range named by its control's label (`labels`: argument
     name -> label), with what is allowed and what was typed; any other refusal in its own words. The API keeps the
     error's own message, which names the argument."""
-    label = labels.get(getattr(error, "name", None)) if isinstance(error, OutOfRange) else None
+    value = error if isinstance(error, OutOfRange) else error.__cause__
+    label = labels.get(value.name) if isinstance(value, OutOfRange) else None
     if label is None:
         return str(error)
-    kind = "a whole number from " if error.whole and isinstance(error.value, float) else ""
-    typed = f"{error.value:g}" if isinstance(error.value, (int, float)) else repr(error.value)
-    return f"{label} must be {kind}{error.low:g} to {error.high:g}; you typed {typed}."
+    kind = "a whole number from " if value.whole and isinstance(value.value, float) else ""
+    typed = f"{value.value:g}" if isinstance(value.value, (int, float)) else repr(value.value)
+    return f"{label} must be {kind}{value.low:g} to {value.high:g}; you typed {typed}."
 
 
 class Refusals:
-    """Session id -> the error that refused its last request, for the latest `capacity` sessions."""
+    """Session id -> its last failed request's error, for the latest `capacity` sessions."""
 
     def __init__(self, capacity=256):
         self.capacity = capacity
@@ -33,6 +71,9 @@ class Refusals:
         self._lock = threading.Lock()
 
     def record(self, session, error):
+        """Keep a session's failure; none for a caller without a session (None)."""
+        if not session:
+            return
         with self._lock:
             self._errors[session] = error
             self._errors.move_to_end(session)
@@ -40,12 +81,14 @@ class Refusals:
                 self._errors.popitem(last=False)
 
     def status_line(self, session, labels):
-        """The status line after the session's failed run, in the page's words (`page_message`); the refusal is
-        forgotten once read. A run that failed without a refusal failed on the server."""
+        """The status line after the session's failed run, in the page's words (`page_message`) for a refusal; the
+        failure is forgotten once read."""
         error = self.pop(session)
-        return f"**Could not run:** {page_message(error, labels) if error else 'the server failed; please try again.'}"
+        if not isinstance(error, Refused):
+            return f"**Could not run:** {SERVER_FAILED}"
+        return f"**Could not run:** {page_message(error, labels)}"
 
     def pop(self, session, default=None):
-        """The session's last refusal (forgotten once read), or `default`."""
+        """The session's last failure (forgotten once read), or `default`."""
         with self._lock:
             return self._errors.pop(session, default)

@@ -12,11 +12,12 @@ allowed.
 import bisect
 from dataclasses import dataclass
 
-from dimr.checks import check_int, check_number
+from dimr.checks import check_int, check_number, shown
 from dimr.demo.catalogue import check_model, default_guidance, default_steps, model_labels
 from dimr.demo.limits import (MAX_EVALUATIONS, MAX_GUIDANCE, MAX_GUIDANCE_POWER, MAX_IMAGES, MAX_SEED, MAX_STEPS,
                               MIN_GUIDANCE_POWER)
-from dimr.sampling.pipeline import DEFAULT_SAMPLER, SAMPLERS, check_guidance, make_scheduler, model_evaluations
+from dimr.demo.refusals import refusing
+from dimr.sampling.pipeline import DEFAULT_SAMPLER, SAMPLERS, check_guidance, model_evaluations
 
 
 def check_guidance_scale(value, name="guidance_scale"):
@@ -52,9 +53,10 @@ class Request:
     sampler: str
 
     @classmethod
+    @refusing
     def check(cls, *, model, classes, images_per_class=1, guidance_scale=None, guidance_schedule="constant",
               guidance_power=1.0, num_inference_steps=None, seed=0, sampler=DEFAULT_SAMPLER, max_images=MAX_IMAGES):
-        """Validate everything before any model is loaded; ValueError says which value is wrong and what is allowed.
+        """Validate everything before any model is loaded; Refused says which value is wrong and what is allowed.
 
         Keyword arguments only: the controls are many and alike, so a call by position could swap two unnoticed.
         guidance_scale and num_inference_steps default to the model's (dimr.sampling.defaults)."""
@@ -64,15 +66,17 @@ class Request:
         if isinstance(classes, (str, int)) and not isinstance(classes, bool):
             classes = [classes]
         if not isinstance(classes, (list, tuple)):
-            raise ValueError(f"classes must be a list of class names or ids, got {type(classes).__name__} {classes!r}")
+            raise ValueError(f"classes must be a list of class names or ids, got {type(classes).__name__} "
+                             f"{shown(classes)}")
         if not classes:
             raise ValueError("no class chosen: pick at least one class (a name, synonym or id)")
-        class_ids = tuple(labels.to_id(label) for label in classes)
         images_per_class = check_int("images_per_class", images_per_class, 1, MAX_IMAGES)
-        if len(class_ids) * images_per_class > max_images:
-            raise ValueError(f"{len(class_ids)} classes x {images_per_class} images per class = "
-                             f"{len(class_ids) * images_per_class} images; the demo makes at most {max_images} "
+        # The count first: a list of a million labels is refused without looking any of them up.
+        if len(classes) * images_per_class > max_images:
+            raise ValueError(f"{len(classes)} classes x {images_per_class} images per class = "
+                             f"{len(classes) * images_per_class} images; the demo makes at most {max_images} "
                              f"per request")
+        class_ids = tuple(labels.to_id(label) for label in classes)
         guidance_scale = check_guidance_scale(guidance_scale)
         guidance_power = check_number("guidance_power", guidance_power, MIN_GUIDANCE_POWER, MAX_GUIDANCE_POWER)
         check_guidance(guidance_scale, guidance_schedule, guidance_power)
@@ -80,8 +84,9 @@ class Request:
         seed = check_int("seed", seed, 0, MAX_SEED)
         if not isinstance(sampler, str):
             raise ValueError(f"sampler must be one name, one of {', '.join(SAMPLERS)}; got {type(sampler).__name__} "
-                             f"{sampler!r}")
-        make_scheduler(sampler)  # raises for an unknown sampler name
+                             f"{shown(sampler)}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {shown(sampler)}; choose one of {', '.join(SAMPLERS)}")
         check_evaluations(sampler, num_inference_steps)
         return cls(model=model, class_ids=class_ids, images_per_class=images_per_class,
                    guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,

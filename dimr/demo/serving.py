@@ -2,9 +2,8 @@
 (dimr.demo.batching), and what the server does when it starts. Nothing here runs at import.
 
     start(default_model())                  # at server start-up: CPU threads, then the default model's weights
-    for update in stream(request):          # Progress(step, total, preview) while sampling, then a Generation
-        ...
-    reported(request, progress)             # the same, telling a progress callable about loading and the steps
+    for update in stream(request):          # Loading(model, seconds) while its model loads, Progress(step, total,
+        ...                                 # preview) while sampling, then a Generation
     for update in run_task(task):           # other work on the device, in turn with the requests: step numbers,
         ...                                 # then task's result
     describe(generation)                    # the status line: what ran, where, how long
@@ -17,10 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dimr.demo.batching import Batcher
+from dimr.demo import timing
+from dimr.demo.batching import Batcher, Stopped
 from dimr.demo.catalogue import is_pixel_space, model_description
 from dimr.demo.limits import MAX_IMAGES, MAX_STEPS
 from dimr.demo.panel import enlarge, generation_from, panel_steps, to_uint8
+from dimr.demo.loads import Loads
+from dimr.demo.refusals import Refused
 from dimr.network.acceleration import accelerate_pipeline, default_mode, mode_dtype
 from dimr.network.weights import CheckpointError
 from dimr.sampling.loading import BUNDLED, default_device, load_pipeline
@@ -29,8 +31,8 @@ from dimr.sampling.pipeline import DEFAULT_SAMPLER
 PREVIEW_INTERVAL_S = 0.4
 
 _batcher = None
-_loaded = set()  # models `load` has loaded (dimr.sampling.caches keeps their weights)
-_batcher_lock = threading.Lock()
+_loads = None
+_lock = threading.Lock()
 
 
 def device():
@@ -50,7 +52,7 @@ def acceleration_mode():
     return os.environ.get("DIMR_ACCELERATION") or ("bf16" if zero_gpu() else default_mode(device()))
 
 
-class ModelUnavailable(ValueError):
+class ModelUnavailable(Refused):
     """A model cannot be loaded on this server. The message is for a visitor: what is missing and what works instead,
     no command and no path of this machine; `operator` says what the operator must do (the server's log)."""
 
@@ -83,23 +85,32 @@ def load(model_name, sampler=DEFAULT_SAMPLER):
     except CheckpointError as err:
         raise ModelUnavailable(f"{model_name} is not available on this server right now; {listed(BUNDLED)} work "
                                f"meanwhile.", str(err)) from err
-    _loaded.add(model_name)
     return accelerate_pipeline(pipe, mode)
-
-
-def is_loaded(model_name):
-    """True once `load` has loaded a model's weights in this process: its next use loads nothing."""
-    return model_name in _loaded
 
 
 def batcher():
     """The process's one sampling queue, made on first use; its worker thread starts with the first job."""
     global _batcher
-    with _batcher_lock:
+    with _lock:
         if _batcher is None:
             _batcher = Batcher(load=lambda request: load(request.model, request.sampler), branch_steps=panel_steps,
                                finish=generation_from)
         return _batcher
+
+
+def loads():
+    """The process's model loads (dimr.demo.loads), by (model, device, acceleration mode): the weights, then this
+    device's speeds for the model (dimr.demo.timing)."""
+    global _loads
+    with _lock:
+        if _loads is None:
+            _loads = Loads(load=lambda key: prepare(key[0]))
+        return _loads
+
+
+def prepare(model_name):
+    """Load a model and know its speed on this device; run by dimr.demo.loads, off the sampling thread."""
+    timing.device_rates(load(model_name), model_name, acceleration_mode())
 
 
 def start(model_name):
@@ -107,19 +118,43 @@ def start(model_name):
 
     A pixel-space model on a CPU samples with one thread: its operations are too small to split, and on a busy CPU
     a thread pool waits for its slowest thread at every operation. Under ZeroGPU the weights are placed on the GPU
-    now, outside any request; elsewhere they load in the background (and a "fast" model compiles its batch shapes,
-    dimr.demo.batching.Batcher.warm_up) while the app already answers; requests that arrive meanwhile go first."""
+    now, outside any request; elsewhere they load on a thread of their own (dimr.demo.loads) while the app already
+    answers, and then a "fast" model compiles its batch shapes (dimr.demo.batching.Batcher.warm_up) on the sampling
+    thread when no request waits."""
     torch.set_num_threads(cpu_threads(model_name))
     if zero_gpu():
         load(model_name)
-    else:
+        return
+    current = loads().start(load_key(model_name))
+    if current is not None:
+        threading.Thread(target=_warm_up_after, args=(current, model_name), name="dimr-warm-up", daemon=True).start()
+
+
+def _warm_up_after(current, model_name):
+    current.finished.wait()
+    if current.finished.is_set() and not current.failed:
         batcher().warm_up(lambda: load(model_name))
+
+
+def load_key(model_name):
+    return model_name, str(device()), acceleration_mode()
 
 
 def cpu_threads(model_name):
     """The CPU threads the server samples a default model with (`start`): one for a pixel-space model on a CPU,
     else torch's choice."""
     return 1 if device().type == "cpu" and is_pixel_space(model_name) else torch.get_num_threads()
+
+
+@dataclass
+class Loading:
+    """The request's model has been loading for `seconds` (the first use of a released model downloads it)."""
+
+    model: str
+    seconds: float
+
+    def describe(self):
+        return f"Loading {self.model} (the first use of a released model downloads it): {self.seconds:.0f} s"
 
 
 @dataclass
@@ -138,8 +173,9 @@ class Progress:
 
 
 def stream(request, stop=None, latents=None):
-    """Sample a request (dimr.demo.request.Request): yields Progress about every PREVIEW_INTERVAL_S, then the Generation
-    (dimr.demo.panel).
+    """Sample a request (dimr.demo.request.Request): yields Loading while its model loads, Progress while it samples
+    (each about every PREVIEW_INTERVAL_S), then the Generation (dimr.demo.panel). Refused before sampling when it
+    would take longer than the operator allows (`check_time`).
 
     latents: the initial noise [B, C, H, W] instead of noise drawn from the request's seed (dimr.demo.imagenet_compare
     gives the same tensor to DiMR and DiT); such a request samples alone.
@@ -148,6 +184,15 @@ def stream(request, stop=None, latents=None):
     result (the Generation is shared with equal requests of the same run: treat it as read-only). Setting the
     `stop` event (or closing this generator, as Gradio does when the browser goes away) ends this request after the
     current step."""
+    current = loads().start(load_key(request.model))
+    if current is not None:  # loading off the sampling thread (dimr.demo.loads), which serves other models meanwhile
+        yield Loading(request.model, current.seconds())
+        while not current.finished.wait(PREVIEW_INTERVAL_S):
+            if stop is not None and stop.is_set():
+                raise Stopped()
+            yield Loading(request.model, current.seconds())
+        current.result()
+    check_time(request)
     job = batcher().submit(request, stop, latents)
     try:
         for step, preview in _while_running(job):
@@ -157,15 +202,17 @@ def stream(request, stop=None, latents=None):
     yield job.result()
 
 
-def reported(request, progress):
-    """stream(request), telling `progress` (a callable like Gradio's Progress) what happens: that the model loads only
-    while it really loads (the first use of a released model downloads it), then the steps."""
-    if not is_loaded(request.model):
-        progress(0, desc=f"Loading {request.model} (the first use of a released model downloads it)")
-    for update in stream(request):
-        if isinstance(update, Progress):
-            progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
-        yield update
+def check_time(request, pipe=None, seconds_of=None):
+    """The request's estimated seconds on this device (dimr.demo.timing); Refused over the operator's limit.
+    seconds_of(request) may add other work to the estimate (DiT's, for the ImageNet comparison)."""
+    pipe = pipe or load(request.model, request.sampler)
+    rates = timing.device_rates(pipe, request.model, acceleration_mode())
+
+    def seconds(r):
+        panel = len(panel_steps(pipe, r.num_inference_steps)) * len(pipe.model.branch_scales)
+        return timing.request_seconds(r, pipe, rates, panel) + (seconds_of(r) if seconds_of else 0)
+
+    return timing.check_time(request, seconds, rates, where=f"this server's {device()}")
 
 
 def run_task(task, stop=None):

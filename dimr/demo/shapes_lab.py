@@ -8,6 +8,8 @@ and the distortion measured for a bundled model (dimr.lab.distortion, stored bes
     measured_distortion("tiny-dimr")  # the stored result (dict), or None before it is measured
 """
 
+import functools
+
 import numpy as np
 import torch
 
@@ -27,9 +29,16 @@ def reference_shapes(class_ids, seed=REFERENCE_SEED):
     """One real (rendered) shape per class id, in order, as [(PIL image, 'real <class>')]: what a sample should show.
 
     Each class gets its own shape from a fixed seed, so a class looks the same wherever it appears."""
+    shapes = _real_shapes(seed)
+    return [(shapes[c], f"real {CLASS_NAMES[c]}") for c in class_ids]
+
+
+@functools.lru_cache(maxsize=4)
+def _real_shapes(seed):
+    """One enlarged real shape per class id, rendered once per seed: every request with real shapes shows them."""
     images, labels = make_dataset(len(CLASS_NAMES), seed)  # one shape of each class (make_dataset balances them)
     index = {int(k): i for i, k in enumerate(labels)}
-    return [(enlarge(images[index[c]].permute(1, 2, 0).numpy()), f"real {CLASS_NAMES[c]}") for c in class_ids]
+    return [enlarge(images[index[c]].permute(1, 2, 0).numpy()) for c in range(len(CLASS_NAMES))]
 
 
 def compare_requests(**controls):

@@ -10,6 +10,7 @@ import json
 import operator
 from pathlib import Path
 
+from dimr.checks import shown
 from dimr.sampling import caches
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.json")
@@ -26,6 +27,7 @@ class ClassLabels:
         for index, synonyms in enumerate(self.names):
             for name in synonyms:
                 self._ids.setdefault(name.strip().lower(), []).append(index)
+        self.longest = max([len(str(len(self.names))), *(len(name) for name in self._ids)])  # a name or an id
 
     def __len__(self):
         return len(self.names)
@@ -43,6 +45,9 @@ class ClassLabels:
         """Class id from an int (or digit string), a name or a synonym; ValueError says what is allowed."""
         if isinstance(label, str):
             text = label.strip()
+            if len(text) > self.longest:  # no name is that long: refused before any search
+                raise ValueError(f"class label {shown(text)} is {len(text):,} characters long; no {self.source} class "
+                                 f"name or id is longer than {self.longest}")
             if not text.lstrip("-").isdigit():
                 return self._id_of_name(text)
             label = int(text)
@@ -51,7 +56,7 @@ class ClassLabels:
         try:
             class_id = operator.index(label)  # ints, numpy ints, 0-d integer tensors; not floats
         except TypeError:
-            raise ValueError(f"class label {label!r} must be a class id (int) or a class name (str)") from None
+            raise ValueError(f"class label {shown(label)} must be a class id (int) or a class name (str)") from None
         if not 0 <= class_id < len(self):
             null = f" ({class_id} is the null class used for guidance, not a label)" if class_id == len(self) else ""
             raise ValueError(f"class id {class_id} is out of range: {self.source} classes have ids 0..{len(self) - 1}"

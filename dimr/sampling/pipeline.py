@@ -59,7 +59,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from dimr.checks import check_int
+from dimr.checks import check_int, shown
 from dimr.network.config import NUM_TRAIN_TIMESTEPS
 from dimr.sampling.labels import labels_for_model
 
@@ -137,10 +137,10 @@ def noise_settings(scheduler_config):
 
 def check_guidance(guidance_scale, guidance_schedule="constant", guidance_power=1.0):
     if guidance_schedule not in GUIDANCE_SCHEDULES:
-        raise ValueError(f"guidance_schedule {guidance_schedule!r} is not one of {', '.join(GUIDANCE_SCHEDULES)}")
+        raise ValueError(f"guidance_schedule {shown(guidance_schedule)} is not one of {', '.join(GUIDANCE_SCHEDULES)}")
     for name, value in (("guidance_scale", guidance_scale), ("guidance_power", guidance_power)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+            raise ValueError(f"{name} must be a finite number, got {shown(value)}")
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale={guidance_scale} is negative; use 0 (unconditional), 1 (no guidance) or more")
     if guidance_power <= 0:

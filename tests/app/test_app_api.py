@@ -254,6 +254,8 @@ def test_a_refusal_recorded_while_another_handler_reads_refusals_is_kept_for_its
 
     import gradio as gr
 
+    from dimr.demo.refusals import Refused
+
     visitor, readers, read = SimpleNamespace(session_hash="a visitor"), [], []
 
     class Interleaved(collections.OrderedDict):
@@ -266,9 +268,59 @@ def test_a_refusal_recorded_while_another_handler_reads_refusals_is_kept_for_its
     monkeypatch.setattr(app_module.REFUSALS, "_errors", Interleaved())
 
     def refuse():
-        raise ValueError("unknown class name 'unicorn'")
+        raise Refused("unknown class name 'unicorn'")
 
     with pytest.raises(gr.Error, match="unknown class name 'unicorn'"):
         app_module.checked(visitor, refuse)
     readers[0].join(30)
     assert read == ["**Could not run:** unknown class name 'unicorn'"]
+
+
+@pytest.mark.parametrize("failure", [ValueError("cannot reshape tensor of 0 elements"), OSError("No space left"),
+                                     RuntimeError("CUDA error")])
+def test_a_failure_inside_sampling_is_the_servers_logged_with_its_traceback_and_not_the_visitors(
+        app_module, failure, caplog):
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from dimr.demo.refusals import SERVER_FAILED
+
+    visitor = SimpleNamespace(session_hash="a visitor")
+
+    def sample():
+        raise failure
+
+    with caplog.at_level("INFO"), pytest.raises(gr.Error) as error:
+        app_module.checked(visitor, sample)
+    assert error.value.title == "The server failed" and error.value.message == SERVER_FAILED
+    assert "run it again" in SERVER_FAILED
+    [record] = [r for r in caplog.records if r.name.startswith("dimr")]
+    assert record.levelname == "ERROR" and record.exc_info[1] is failure, "logged as an error, with its traceback"
+    assert app_module.last_refusal(visitor) == f"**Could not run:** {SERVER_FAILED}"
+
+
+def test_only_the_checks_of_a_requests_values_are_the_visitors_mistakes(app_module, caplog):
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from dimr.demo.request import Request
+
+    with caplog.at_level("INFO"), pytest.raises(gr.Error) as error:
+        app_module.checked(SimpleNamespace(session_hash=None), Request.check, model="tiny-dimr", classes=["unicorn"])
+    assert error.value.title == "Cannot run" and "unknown class name 'unicorn'" in error.value.message
+    [record] = [r for r in caplog.records if r.name.startswith("dimr")]
+    assert record.levelname == "INFO" and record.exc_info is None and "refused: unknown class name" in record.message
+
+
+def test_the_model_menu_says_what_is_installed_when_the_page_loads_not_when_it_was_built(app_module, monkeypatch):
+    from dimr.demo import catalogue
+
+    page = app_module.build()
+    model = next(block for block in page.blocks.values() if block.elem_id == "model")
+    assert ("DiMR-XL/2R (not installed)", "DiMR-XL/2R") in model.choices
+    monkeypatch.setattr(catalogue, "missing_parts", lambda name: {})  # downloaded since the page was built
+    [on_load] = [fn for fn in page.fns.values()
+                 if any(event == "load" for _, event in fn.targets) and model in fn.outputs]
+    assert ("DiMR-XL/2R", "DiMR-XL/2R") in on_load.fn()["choices"]

@@ -13,9 +13,10 @@ from diffusers import DiTPipeline
 from dit_models import dit_scheduler, put_dit_in_hub_cache, tiny_dit
 from PIL import Image
 
-from dimr.demo import dit, imagenet_compare
+from dimr.demo import dit, imagenet_compare, timing
 from dimr.demo.dit import DIT_REPO, dit_decode, dit_denoise
 from dimr.demo.imagenet_compare import ComparisonRequest, initial_noise, stream_comparison
+from dimr.demo.refusals import Refused
 from dimr.network.weights import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
@@ -77,6 +78,7 @@ def test_both_models_start_from_bit_identical_noise(tiny_setup, monkeypatch):
             return network(sample, *args, **kwargs)
         return call
 
+    imagenet_compare.prepare(request)  # both models timed (dimr.demo.timing) before their calls are recorded
     # DiMRPipeline calls model.forward_branches; the DiT loop calls the transformer, which calls its forward.
     monkeypatch.setattr(dimr_pipe.model, "forward_branches", recording("dimr", dimr_pipe.model.forward_branches))
     monkeypatch.setattr(dit_pipe.transformer, "forward", recording("dit", dit_pipe.transformer.forward))
@@ -165,15 +167,18 @@ def test_a_dit_whose_latents_differ_from_dimr_is_refused(imagenet_dimr, hub_cach
         imagenet_compare.load_comparison(ComparisonRequest.check(classes=[1]))
 
 
-def test_the_wait_estimate_grows_with_steps_and_images(tiny_setup):
+def test_the_wait_estimate_grows_with_steps_and_images(tiny_setup, monkeypatch):
     def estimate(**arguments):
         request = ComparisonRequest.check(**{"classes": [1], **arguments})
         return imagenet_compare.estimate_seconds(request, *imagenet_compare.load_comparison(request))
 
     one = estimate(num_inference_steps=10)
     assert 0 < one < estimate(num_inference_steps=20) and one < estimate(num_inference_steps=10, images_per_class=2)
-    assert imagenet_compare.wait_note(30) == "about 30 seconds"
-    assert imagenet_compare.wait_note(600) == "about 10 minutes"
+    assert timing.wait_note(30) == "about 30 seconds"
+    assert timing.wait_note(600) == "about 10 minutes"
+    monkeypatch.setenv("DIMR_MAX_REQUEST_SECONDS", str(one / 2))  # the limit of every request applies to it too
+    with pytest.raises(Refused, match="What fits, the rest unchanged: "):
+        estimate(num_inference_steps=10)
 
 
 def test_the_app_endpoint_returns_both_galleries_and_clear_errors(tmp_path, imagenet_dimr, tiny_vae):
