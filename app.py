@@ -1,7 +1,7 @@
 """The DiMR demo: pick a model, classes, guidance and steps; see the samples, real shapes beside them, what every
-resolution branch predicts, and how often the tiny DiMR and a single-transformer baseline distort. UI only, one function per tab, each tab with the settings it uses; the package does the work. `python app.py` serves
-on 127.0.0.1:7860 (docs/serving.md); the main actions are also the API's `/generate`, `/compare`, `/compare_imagenet`.
-"""
+resolution branch predicts, and how often the tiny DiMR and a single-transformer baseline distort. UI only, one
+function per tab, each tab with the settings it uses; the package does the work. `python app.py` serves on
+127.0.0.1:7860 (docs/serving.md); the main actions are also the API's `/generate`, `/compare`, `/compare_imagenet`."""
 
 import inspect
 import logging
@@ -13,14 +13,15 @@ from gradio.utils import get_upload_folder
 
 from dimr.demo import catalogue, imagenet_compare, limits, panel_film, serving, shapes_lab
 from dimr.demo.dit import DIT_GUIDANCE, DIT_NAME
-from dimr.demo.kept import EVICTED, kept
-from dimr.demo.panel import CHANGES, ESTIMATES, STEP_LABEL
+from dimr.demo.kept import EVICTED, held, kept
+from dimr.demo.panel import CHANGES, ESTIMATES, STEP_LABEL, Generation
 from dimr.demo.png_files import png_file
 from dimr.demo.refusals import Refusals, explained
 from dimr.demo.request import Request
 from dimr.demo.zero_gpu import on_gpu
 from dimr.sampling.pipeline import DEFAULT_SAMPLER, GUIDANCE_SCHEDULES, SAMPLERS
 
+log = logging.getLogger("dimr.app")
 ROOT = Path(__file__).resolve().parent
 THEME = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"])
 GALLERY = dict(height="fit-content", format="png", object_fit="contain", elem_classes="pixelated",
@@ -34,10 +35,9 @@ PANEL_EVENTS = dict(concurrency_id="panel", concurrency_limit=8, **PRIVATE)
 SAMPLING_EVENTS = dict(concurrency_id="sampling", concurrency_limit=32)
 IMAGENET_EVENTS = dict(concurrency_id="imagenet", concurrency_limit=1)
 
-# The API's handlers get raw values (preprocess=False): callers see the checks' own messages, and a typed value
-# reaches them as typed (assets/app.js keeps sliders from clamping). They return plain values, never gr.update /
-# gr.skip for non-State outputs: Gradio 6.31 keeps a component per such update in the session's config, so a
-# long-lived client session grew with every request. Layout updates run in browser-only events.
+# API handlers take raw values (preprocess=False: the checks see a value as typed; assets/app.js stops clamping) and
+# return plain values, never gr.update or gr.skip for non-State outputs: Gradio 6.31 keeps one component per such
+# update in the session's config. Layout updates run in browser-only events.
 REFUSALS = Refusals()  # each browser session's last refused request, for its status line
 UPLOADS = Path(get_upload_folder()) / "dimr"  # the page's files, in Gradio's cache
 
@@ -90,22 +90,6 @@ def checked_stream(visitor, updates):
         yield update
 
 
-def sampled(request, progress, visitor):
-    """serving.stream(request) through `checked_stream`, telling `progress` what happens: Loading only while the
-    model loads (the first use of a released model downloads it), then the steps."""
-    for update in checked_stream(visitor, serving.stream(request)):
-        if isinstance(update, serving.Loading):
-            progress(0, desc=update.describe())
-        elif isinstance(update, serving.Progress):
-            progress((update.step, update.total), desc=f"Sampling with {request.model}", unit="steps")
-        yield update
-
-
-def held(state):
-    """The Generation a session's state holds (dimr.demo.kept), or None: nothing run yet, or let go of since."""
-    return None if state is None else state.generation
-
-
 def sampling_settings(model, prefix=""):
     """A tab's sampling controls at a model's settings, by the request's parameter names; `prefix`: of element ids."""
     gr.Markdown("### Sampling")
@@ -147,11 +131,10 @@ def generate(model, classes, images_per_class, guidance_scale, guidance_schedule
     """Sample images_per_class images of each class. Returns the samples, the branch panel after the last step (per
     image: each branch's estimate, lowest resolution first, then the final image), its step, and a status line."""
     request = checked(visitor, Request.check, **controls(locals()))
-    for update in sampled(request, progress, visitor):
-        if isinstance(update, serving.Loading):  # the status line says how long the model has been loading
-            yield gr.skip(), gr.skip(), gr.skip(), update.describe(), gr.skip()
-        elif isinstance(update, serving.Progress):  # the previous run's panel goes: the panel will be this one's
-            yield as_files(update.gallery()), [], request.num_inference_steps, f"Sampling with {request.model}…", None
+    for update in serving.reported(checked_stream(visitor, serving.stream(request)), request.model, progress):
+        if not isinstance(update, Generation):  # loading or sampling: the previous run's panel goes: the panel will be this one's
+            line = update.describe() if isinstance(update, serving.Loading) else f"Sampling with {request.model}…"
+            yield as_files(getattr(update, "gallery", list)()), [], request.num_inference_steps, line, None
         else:
             yield (as_files(shapes_lab.final_gallery(update)), as_files(update.branch_panel()),
                    request.num_inference_steps, serving.describe(update), kept().keep(update))
@@ -176,8 +159,7 @@ def show_step(generation, panel_step, panel_view):
     this run does not have is refused in the panel's note."""
     if generation is None:  # nothing generated yet: the panel stays empty
         return gr.skip(), gr.skip()
-    generation = held(generation)
-    if refusal := EVICTED if generation is None else generation.step_refusal(panel_step):
+    if refusal := EVICTED if (generation := held(generation)) is None else generation.step_refusal(panel_step):
         return gr.skip(), refusal
     return as_files(generation.branch_panel(panel_step, panel_view)), generation.panel_note(panel_step, panel_view)
 
@@ -185,9 +167,9 @@ def show_step(generation, panel_step, panel_view):
 def film(generation, panel_view, film):
     """The panel after each step, one small frame each captioned with its step: sent once per run and view (Play
     asks; a run or another view clears it), then played in the browser (assets/app.js) without the server."""
-    if film or held(generation) is None:
+    if film or (generation := held(generation)) is None:
         return gr.skip()
-    return as_files((frame, str(step)) for step, frame in panel_film.frames(held(generation), panel_view))
+    return as_files((frame, str(step)) for step, frame in panel_film.frames(generation, panel_view))
 
 
 def generate_tab(page):
@@ -255,7 +237,7 @@ def compare(classes, images_per_class, guidance_scale, guidance_schedule, guidan
     """The tiny DiMR and the baseline from the same classes, noise and settings. Returns the pairs, three to a row (the
     real shape, DiMR's sample, the baseline's; verdicts as 'DiMR: ✓ recognised, p 0.97'), and a status line."""
     requests = checked(visitor, shapes_lab.compare_requests, **controls(locals()))
-    samples = lambda request: (u for u in sampled(request, progress, visitor) if not isinstance(u, serving.Loading))
+    samples = lambda r: serving.reported(checked_stream(visitor, serving.stream(r)), r.model, progress)
     for pairs, status in shapes_lab.compared(requests, samples):
         yield as_files(pairs), status
 
@@ -330,10 +312,9 @@ def imagenet_tab():
             status = gr.Markdown(text("imagenet_waiting", dimr=dimr_model, dit=DIT_NAME), label="status",
                                  elem_id="imagenet-status")
             with gr.Row():
-                dimr = gr.Gallery(label=dimr_model, columns=2, elem_id="imagenet-dimr", visible=False, min_width=240,
-                                  **GALLERY)
-                dit = gr.Gallery(label=DIT_NAME, columns=2, elem_id="imagenet-dit", visible=False, min_width=240,
-                                 **GALLERY)
+                side = dict(columns=2, visible=False, min_width=240, **GALLERY)
+                dimr = gr.Gallery(label=dimr_model, elem_id="imagenet-dimr", **side)
+                dit = gr.Gallery(label=DIT_NAME, elem_id="imagenet-dit", **side)
             panel = gr.Gallery(label="What each DiMR branch predicts (last step)", columns=3, elem_id="imagenet-panel",
                                visible=False, **GALLERY)
 

@@ -118,3 +118,8 @@ def kept():
         if KEPT is None:
             KEPT = Kept()
         return KEPT
+
+
+def held(state):
+    """The Generation a session's state holds (a Handle of `keep`, or None): None before a run or once let go of."""
+    return None if state is None else state.generation

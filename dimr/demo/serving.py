@@ -4,6 +4,7 @@
     start(default_model())                  # at server start-up: CPU threads, then the default model's weights
     for update in stream(request):          # Loading(model, seconds) while its model loads, Progress(step, total,
         ...                                 # preview) while sampling, then a Generation
+    reported(stream(request), model, progress)   # the same, telling a progress callable about them
     for update in run_task(task):           # other work on the device, in turn with the requests: step numbers,
         ...                                 # then task's result
     describe(generation)                    # the status line: what ran, where, how long
@@ -213,6 +214,17 @@ def check_time(request, pipe=None, seconds_of=None):
         return timing.request_seconds(r, pipe, rates, panel) + (seconds_of(r) if seconds_of else 0)
 
     return timing.check_time(request, seconds, rates, where=f"this server's {device()}")
+
+
+def reported(updates, model, progress):
+    """`updates` of `stream`, passed on, telling `progress` (a callable like Gradio's Progress) what happens: Loading
+    only while the model loads (the first use of a released model downloads it), then the steps."""
+    for update in updates:
+        if isinstance(update, Loading):
+            progress(0, desc=update.describe())
+        elif isinstance(update, Progress):
+            progress((update.step, update.total), desc=f"Sampling with {model}", unit="steps")
+        yield update
 
 
 def run_task(task, stop=None):

@@ -17,7 +17,7 @@ from dimr.demo.catalogue import TINY_BASELINE, TINY_DIMR, is_shapes_model
 from dimr.demo.limits import MAX_COMPARE_IMAGES
 from dimr.demo.panel import Generation, enlarge
 from dimr.demo.request import Request
-from dimr.demo.serving import describe
+from dimr.demo.serving import Loading, describe
 from dimr.lab.distortion import judge, stored_result
 from dimr.lab.shapes import CLASS_NAMES, make_dataset
 from dimr.sampling.loading import BUNDLED, model_files
@@ -105,6 +105,8 @@ def compared(requests, sample):
     sides, lines = [[], []], []
     for k, request in enumerate(requests):
         for update in sample(request):
+            if isinstance(update, Loading):  # the progress bar says so; the pairs wait for images
+                continue
             sides[k] = compare_side(update)
             if isinstance(update, Generation):
                 lines.append(f"{describe(update)}; {verdict_count(update)}")

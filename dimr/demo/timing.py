@@ -30,7 +30,7 @@ from dimr.demo.limits import MAX_IMAGES
 from dimr.demo.refusals import Refused
 from dimr.sampling import caches
 from dimr.sampling.loading import BUNDLED
-from dimr.sampling.pipeline import VAE_BATCH_SIZE, make_scheduler
+from dimr.sampling.pipeline import VAE_BATCH_SIZE, model_evaluations
 
 # Committed measurements live beside the benchmark that makes them; DIMR_BENCHMARK_RESULTS points elsewhere (an
 # installed package has no benchmarks/ folder: it measures on its device instead).
@@ -52,15 +52,6 @@ def max_request_seconds():
         return float(value)
     except ValueError:
         raise ValueError(f"DIMR_MAX_REQUEST_SECONDS={value!r} must be a number of seconds") from None
-
-
-@functools.lru_cache(maxsize=None)
-def evaluations(sampler, steps):
-    """Network evaluations of `steps` steps of a sampler (dimr.sampling.pipeline.SAMPLERS): its scheduler's
-    timesteps."""
-    scheduler = make_scheduler(sampler)
-    scheduler.set_timesteps(steps)
-    return len(scheduler.timesteps)
 
 
 def interpolated(points, x):
@@ -98,7 +89,7 @@ def committed_rates(path, mode, model=None):
         return None
     batches = {int(b): run for b, run in report[mode].items() if b.isdigit()}
     guided = settings["guidance_scale"] != 1
-    count = evaluations(settings["sampler"], settings["steps"])
+    count = model_evaluations(settings["sampler"], settings["steps"])
     return Rates(evaluation={b * (2 if guided else 1): (run["median_s"] - run["decode_s"]) / count
                              for b, run in batches.items()},
                  decode={b: run["decode_s"] / b for b, run in batches.items()},
@@ -188,7 +179,7 @@ def request_seconds(request, pipe, rates, panel_decodes):
     """A demo request's estimated seconds on the device: its sampler's evaluations at its network batch, and its
     decodes (`panel_decodes` per image for the branch panel, then the final image)."""
     images = len(request.labels)
-    count = evaluations(request.sampler, request.num_inference_steps)
+    count = model_evaluations(request.sampler, request.num_inference_steps)
     decodes = images * (panel_decodes + 1) if pipe.vae is not None else 0
     return rates.seconds(images, count, request.guidance_scale != 1, decodes)
 

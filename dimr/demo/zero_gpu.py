@@ -22,7 +22,7 @@ from dimr.demo.catalogue import TINY_DIMR, model_branches, model_choices, model_
 from dimr.demo.limits import MAX_IMAGES, MAX_STEPS
 from dimr.demo.panel import MAX_PANEL_STEPS_LATENT
 from dimr.sampling import caches
-from dimr.sampling.pipeline import DEFAULT_SAMPLER, SAMPLERS
+from dimr.sampling.pipeline import DEFAULT_SAMPLER, SAMPLERS, model_evaluations
 
 ZERO_GPU_DEVICE = "nvidia-h200.json"  # the GPU ZeroGPU lends
 MODE = "ours_bf16_eager"
@@ -41,7 +41,7 @@ def gpu_seconds(model, classes, images_per_class, num_inference_steps, sampler=D
         bounded(images_per_class, MAX_IMAGES)
     images, steps = min(images, MAX_IMAGES), bounded(num_inference_steps, MAX_STEPS)
     samplers = [sampler] if isinstance(sampler, str) and sampler in SAMPLERS else SAMPLERS
-    evaluations = max(timing.evaluations(name, steps) for name in samplers)
+    evaluations = max(model_evaluations(name, steps) for name in samplers)
     guided = guidance_scale != 1  # a value the checks will refuse counts as guided
     # The branch panel decodes every branch at each panel step, then the final images.
     decodes = images * (branch_count(model) * min(steps, MAX_PANEL_STEPS_LATENT) + 1)

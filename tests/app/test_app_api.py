@@ -297,7 +297,7 @@ def test_a_failure_inside_sampling_is_the_servers_logged_with_its_traceback_and_
     assert "run it again" in SERVER_FAILED
     [record] = [r for r in caplog.records if r.name.startswith("dimr")]
     assert record.levelname == "ERROR" and record.exc_info[1] is failure, "logged as an error, with its traceback"
-    assert app_module.last_refusal(visitor) == f"**Could not run:** {SERVER_FAILED}"
+    assert app_module.REFUSALS.status_line("a visitor", {}) == f"**Could not run:** {SERVER_FAILED}"
 
 
 def test_only_the_checks_of_a_requests_values_are_the_visitors_mistakes(app_module, caplog):

@@ -10,7 +10,7 @@ from PIL import Image
 from dimr.checks import OutOfRange, check_int, check_number
 from dimr.demo import panel_film, serving, shapes_lab
 from dimr.demo.panel import CHANGES, ESTIMATES
-from dimr.demo.refusals import Refusals, page_message
+from dimr.demo.refusals import SERVER_FAILED, Refusals, page_message
 from dimr.demo.request import Request
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
@@ -60,7 +60,7 @@ def test_a_status_line_says_the_refusal_once_then_forgets_it():
     refusals = Refusals()
     refusals.record("session", refusal(num_inference_steps=300))
     assert refusals.status_line("session", LABELS) == "**Could not run:** Steps must be 1 to 250; you typed 300."
-    assert refusals.status_line("session", LABELS) == "**Could not run:** the server failed; please try again."
+    assert refusals.status_line("session", LABELS) == f"**Could not run:** {SERVER_FAILED}"  # no refusal: the server's
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +128,14 @@ def test_generate_shows_the_judges_verdict_under_each_sample_of_a_shapes_model(g
     assert all(("✓ recognised, p\u00a0" in c) != ("✗ misdrawn, p\u00a0" in c) for c in captions)
 
 
-def test_progress_says_loading_only_while_the_model_loads(monkeypatch):
+def test_progress_says_loading_only_while_the_model_loads():
     said = []
+    report = lambda *args, **kwargs: said.append(kwargs["desc"])  # noqa: E731
+    list(serving.reported(iter([serving.Loading("DiMR-XL/2R", 12.0)]), "DiMR-XL/2R", report))
+    assert said == ["Loading DiMR-XL/2R (the first use of a released model downloads it): 12 s"]
     request = Request.check(model="tiny-dimr", classes=["ring"], num_inference_steps=2)
-    monkeypatch.setattr(serving, "_loaded", set())
-    list(serving.reported(request, lambda *args, **kwargs: said.append(kwargs["desc"])))
-    assert said[0].startswith("Loading tiny-dimr")
-    said.clear()
-    list(serving.reported(request, lambda *args, **kwargs: said.append(kwargs["desc"])))
-    assert not any(d.startswith("Loading") for d in said)  # the model is loaded now
+    list(serving.stream(request))  # loaded now: its next request says nothing of loading
+    assert not any(isinstance(update, serving.Loading) for update in serving.stream(request))
 
 
 def test_one_step_is_one_step():

@@ -11,7 +11,7 @@ from dimr import DiMRPipeline
 from dimr.demo import serving, timing
 from dimr.demo.refusals import Refused
 from dimr.demo.request import Request
-from dimr.sampling.pipeline import SAMPLERS, make_scheduler
+from dimr.sampling.pipeline import SAMPLERS, make_scheduler, model_evaluations
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the models are tiny
 
@@ -81,8 +81,8 @@ def test_a_samplers_evaluations_are_those_a_run_makes(sampler, tiny_pixel_model)
 
     pipe.network = counting
     pipe([0], num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="latent")
-    assert timing.evaluations(sampler, 10) == len(calls)
-    assert timing.evaluations("heun", 10) == 19  # twice per step but the last
+    assert model_evaluations(sampler, 10) == len(calls)
+    assert model_evaluations("heun", 10) == 19  # twice per step but the last
 
 
 def test_rates_are_read_between_and_beyond_the_measured_batches():
