@@ -103,7 +103,7 @@ def sampling_settings(model, prefix=""):
                                         label="Power", info="of power-cosine", interactive=False, min_width=160,
                                         elem_id=f"{prefix}power")
     c["num_inference_steps"] = gr.Slider(1, limits.MAX_STEPS, value=catalogue.default_steps(model), step=1,
-                                         label="Steps", info="model evaluations", elem_id=f"{prefix}steps")
+                                         label="Steps", info="denoising steps", elem_id=f"{prefix}steps")
     with gr.Row():
         c["sampler"] = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", min_width=180)
         c["seed"] = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED, label="Seed", min_width=140,
