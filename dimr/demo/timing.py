@@ -16,7 +16,6 @@ A sampler's evaluations are its scheduler's timesteps: Heun evaluates twice per 
 The operator's limit is DIMR_MAX_REQUEST_SECONDS (default 120).
 """
 
-import functools
 import json
 import os
 import time

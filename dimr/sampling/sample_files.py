@@ -10,7 +10,6 @@ does, and with a fixed date, so that the same samples always give the same bytes
 """
 
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import torch

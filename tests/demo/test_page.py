@@ -2,7 +2,6 @@
 frames and files for slides (dimr.demo.panel_film), Compare's pairs and Generate's verdicts (dimr.demo.shapes_lab),
 and progress that says "Loading" only while a model loads (dimr.demo.serving.reported)."""
 
-import io
 
 import pytest
 from PIL import Image

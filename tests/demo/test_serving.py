@@ -23,10 +23,10 @@ def run_python(code, **env):
 
 
 def test_importing_the_package_and_the_app_starts_no_thread_and_keeps_the_thread_count():
-    out = run_python(f"""
+    out = run_python("""
         import threading, torch
         torch.set_num_threads(2)
-        before = {{t.ident for t in threading.enumerate()}}
+        before = {t.ident for t in threading.enumerate()}
         import importlib, pkgutil, dimr
         for module in pkgutil.walk_packages(dimr.__path__, "dimr."):  # every module of every layer
             importlib.import_module(module.name)
