@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from dimr.network.config import stage_num_blocks
+from dimr.network.model import DiMRModel
+
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def _blocks_built(num_blocks):
-    return num_blocks // 2 * 2 + 1
 
 
 def deepen_last_branch(weights, config, num_blocks, fresh):
@@ -33,7 +32,7 @@ def deepen_last_branch(weights, config, num_blocks, fresh):
     config = json.loads(json.dumps(config))
     last = len(config["stage_configs"]) - 1
     stage = config["stage_configs"][last]
-    old_n, new_n = _blocks_built(stage["num_blocks"]), _blocks_built(num_blocks)
+    old_n, new_n = stage_num_blocks(stage), stage_num_blocks({**stage, "num_blocks": num_blocks})
     if new_n <= old_n:
         raise ValueError(f"num_blocks={num_blocks} builds {new_n} blocks; the last branch already has {old_n}")
     if stage["block_type"] != "ConvNeXtBlock":
@@ -72,8 +71,6 @@ def deepen_last_branch(weights, config, num_blocks, fresh):
 
 def grow_model_dir(src, dst, num_blocks):
     """Write a grown copy of the exported model in `src` to `dst` (weights, config, scheduler config)."""
-    from dimr.network.model import DiMRModel
-
     src, dst = Path(src), Path(dst)
     config = json.loads((src / "config.json").read_text())
     weights = load_file(src / WEIGHTS)
